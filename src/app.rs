@@ -1,0 +1,52 @@
+//! The router and its one layer stack.
+//!
+//! Layers, outermost first (a request passes them top to bottom):
+//! 1. request id: assigns `x-request-id`, renders error envelopes with it,
+//!    writes the access-log line when the response body ends;
+//! 2. panic catcher: a panicking handler becomes a 500 envelope;
+//! 3. header limits: too many or too large headers become a JSON 431;
+//! 4. handler (body size is bounded by its `BodyBytes` extractor).
+//!
+//! Auth, rate limits and credits slot in between 3 and 4, in that order.
+
+use std::any::Any;
+
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::gateway::error::GatewayError;
+use crate::http::error::ApiError;
+use crate::http::{chat, health, models};
+use crate::middleware::{limits, request_id};
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/chat/completions", post(chat::create))
+        .route("/api/v1/models", get(models::list))
+        .route("/api/v1/models/{*id}", get(models::get))
+        .route("/health", get(health::live))
+        .route("/ready", get(health::ready))
+        .fallback(health::not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(from_fn(request_id::layer))
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(from_fn_with_state(state.header_limits, limits::layer)),
+        )
+        .with_state(state)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    ApiError(GatewayError::internal(format!("handler panicked: {what}"))).into_response()
+}

@@ -1,0 +1,597 @@
+//! Configuration: load a TOML file (or the embedded default), validate it
+//! into typed settings, and report *every* problem at once.
+//!
+//! `raw` holds the serde view of the file; this module turns it into
+//! `Config`. Secrets are never in the file: a provider names the environment
+//! variable holding its key, and the key is read when providers are built.
+
+mod money;
+mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use money::{parse_usd, per_token_usd_string, NanoUsd};
+use raw::{RawConfig, RawModel, RawProvider, RawServer};
+
+/// The default configuration, compiled into the binary.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
+const EMBEDDED_NAME: &str = "<embedded config/gateway.toml>";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (a path, or the embedded default).
+    pub source: String,
+    pub server: ServerConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub max_stream_duration: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Mock,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// Name of the environment variable holding the key, never the key.
+    pub api_key_env: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub id: String,
+    pub provider: String,
+    pub upstream: String,
+    pub name: String,
+    /// Nano-USD per million prompt tokens.
+    pub prompt_price: NanoUsd,
+    /// Nano-USD per million completion tokens.
+    pub completion_price: NanoUsd,
+    pub context_length: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+}
+
+/// One thing wrong in a config file, phrased so that a person can fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{} found",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(
+                f,
+                "  {}: {}: {} ({})",
+                self.source_name, p.key, p.problem, p.fix
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the file at `path`, or the embedded default when `path` is `None`.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        None => parse(EMBEDDED_DEFAULT, EMBEDDED_NAME),
+        Some(path) => {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                source_name: name.clone(),
+                problems: vec![ConfigProblem {
+                    key: "(file)".into(),
+                    problem: format!("cannot be read: {e}"),
+                    fix: "check the path given by --config or MUME_CONFIG".into(),
+                }],
+            })?;
+            parse(&text, &name)
+        }
+    }
+}
+
+/// Parses and validates config text. `source_name` only labels messages.
+pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError {
+        source_name: source_name.to_string(),
+        problems,
+    };
+    let mut problems = Vec::new();
+    let deserializer = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_ignored::deserialize(deserializer, |path| {
+        problems.push(ConfigProblem {
+            key: path.to_string(),
+            problem: "unknown key".into(),
+            fix: "remove it or correct its spelling; config/gateway.toml lists every key".into(),
+        });
+    })
+    .map_err(|e| {
+        fail(vec![ConfigProblem {
+            key: "(syntax)".into(),
+            problem: e.to_string().trim().replace('\n', " "),
+            fix: "fix the TOML at the position shown".into(),
+        }])
+    })?;
+    let config = validate(raw, source_name, &mut problems);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(fail(problems))
+    }
+}
+
+struct Checker<'a> {
+    problems: &'a mut Vec<ConfigProblem>,
+}
+
+impl Checker<'_> {
+    fn report(
+        &mut self,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.problems.push(ConfigProblem {
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.report(
+                    key,
+                    "must be longer than zero",
+                    "use a value such as \"10s\"",
+                );
+                default
+            }
+            Err(e) => {
+                self.report(
+                    key,
+                    format!("{text:?} is not a duration ({e})"),
+                    "write a duration such as \"500ms\", \"10s\" or \"2m\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn bounded(&mut self, key: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+        match value {
+            None => default,
+            Some(v) if (min..=max).contains(&v) => v,
+            Some(v) => {
+                self.report(
+                    key,
+                    format!("{v} is out of range"),
+                    format!("use a value from {min} to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn price(&mut self, key: &str, value: Option<&toml::Value>) -> NanoUsd {
+        let text = match value {
+            None => return 0,
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(toml::Value::Integer(i)) => i.to_string(),
+            Some(_) => {
+                self.report(
+                    key,
+                    "must be a string or a whole number",
+                    "write USD per million tokens as a string, e.g. \"0.40\", so it stays exact",
+                );
+                return 0;
+            }
+        };
+        parse_usd(&text).unwrap_or_else(|e| {
+            self.report(key, e, "write USD per million tokens, e.g. \"0.40\"");
+            0
+        })
+    }
+}
+
+fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>) -> Config {
+    let mut check = Checker { problems };
+    let server = validate_server(&raw.server, &mut check);
+    let providers: Vec<ProviderConfig> = raw
+        .providers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| validate_provider(i, p, &mut check))
+        .collect();
+    let mut seen = HashSet::new();
+    for p in &providers {
+        if !seen.insert(p.name.clone()) {
+            check.report(
+                "providers.name",
+                format!("provider {:?} is defined twice", p.name),
+                "give each provider a unique name",
+            );
+        }
+    }
+    let kinds: BTreeMap<&str, ProviderKind> = providers
+        .iter()
+        .map(|p| (p.name.as_str(), p.kind))
+        .collect();
+    let mut model_ids = HashSet::new();
+    let mut models = Vec::new();
+    for (i, raw_model) in raw.models.iter().enumerate() {
+        let Some(model) = validate_model(i, raw_model, &kinds, &mut check) else {
+            continue;
+        };
+        if model_ids.insert(model.id.clone()) {
+            models.push(model);
+        } else {
+            check.report(
+                format!("models[{i}].id"),
+                format!("model {:?} is defined twice", model.id),
+                "give each model a unique id",
+            );
+        }
+    }
+    Config {
+        source: source_name.to_string(),
+        server,
+        providers,
+        models,
+    }
+}
+
+fn validate_server(raw: &RawServer, check: &mut Checker<'_>) -> ServerConfig {
+    let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen = listen.parse().unwrap_or_else(|_| {
+        check.report(
+            "server.listen",
+            format!("{listen:?} is not an address"),
+            "write HOST:PORT with an IP address, e.g. \"0.0.0.0:8080\"",
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    ServerConfig {
+        listen,
+        body_limit_bytes: check.bounded(
+            "server.body_limit_bytes",
+            raw.body_limit_bytes,
+            10 << 20,
+            1024,
+            1 << 30,
+        ) as usize,
+        max_header_bytes: check.bounded(
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            16 << 10,
+            1024,
+            1 << 20,
+        ) as usize,
+        max_headers: check.bounded("server.max_headers", raw.max_headers, 100, 8, 1000) as usize,
+        header_read_timeout: check.duration(
+            "server.header_read_timeout",
+            raw.header_read_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        keepalive_interval: check.duration(
+            "server.keepalive_interval",
+            raw.keepalive_interval.as_deref(),
+            Duration::from_secs(15),
+        ),
+        max_stream_duration: check.duration(
+            "server.max_stream_duration",
+            raw.max_stream_duration.as_deref(),
+            Duration::from_secs(30 * 60),
+        ),
+        shutdown_grace: check.duration(
+            "server.shutdown_grace",
+            raw.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+fn validate_provider(
+    index: usize,
+    raw: &RawProvider,
+    check: &mut Checker<'_>,
+) -> Option<ProviderConfig> {
+    let at = |key: &str| format!("providers[{index}].{key}");
+    let Some(name) = raw.name.clone().filter(|n| !n.is_empty()) else {
+        check.report(
+            at("name"),
+            "is missing",
+            "give the provider a name such as \"openai\"",
+        );
+        return None;
+    };
+    if name.contains('/') || name.chars().any(char::is_whitespace) {
+        check.report(
+            at("name"),
+            format!("{name:?} contains '/' or spaces"),
+            "use a plain name such as \"openai\"",
+        );
+    }
+    let kind = match raw.kind.as_deref() {
+        Some("openai") => ProviderKind::OpenAi,
+        Some("mock") => ProviderKind::Mock,
+        other => {
+            check.report(
+                at("kind"),
+                match other {
+                    Some(k) => format!("{k:?} is not a provider kind"),
+                    None => "is missing".into(),
+                },
+                "use \"openai\" (any OpenAI-compatible server) or \"mock\"",
+            );
+            return None;
+        }
+    };
+    let base_url = match (kind, raw.base_url.as_deref()) {
+        (ProviderKind::Mock, None) => String::new(),
+        (ProviderKind::Mock, Some(_)) => {
+            check.report(
+                at("base_url"),
+                "a mock provider has no network",
+                "remove base_url",
+            );
+            String::new()
+        }
+        (ProviderKind::OpenAi, None) => {
+            check.report(
+                at("base_url"),
+                "is missing",
+                "set it, e.g. \"https://api.openai.com/v1\"",
+            );
+            String::new()
+        }
+        (ProviderKind::OpenAi, Some(url)) => {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => check.report(
+                    at("base_url"),
+                    format!("{url:?} is not an http(s) URL"),
+                    "write it like \"https://api.openai.com/v1\"",
+                ),
+            }
+            url.trim_end_matches('/').to_string()
+        }
+    };
+    if let Some(var) = &raw.api_key_env {
+        let valid = !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            check.report(
+                at("api_key_env"),
+                "must be the NAME of an environment variable, not a key",
+                "write e.g. api_key_env = \"OPENAI_API_KEY\" and export the key in that variable",
+            );
+        }
+    }
+    let mut headers = Vec::new();
+    for (header, value) in &raw.headers {
+        let ok_name = reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_ok();
+        let ok_value = reqwest::header::HeaderValue::from_str(value).is_ok();
+        let reserved = [
+            "authorization",
+            "host",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+        ]
+        .contains(&header.to_ascii_lowercase().as_str());
+        if !ok_name || !ok_value || reserved {
+            check.report(
+                at(&format!("headers.{header}")),
+                "is not a valid, non-reserved header",
+                "use a plain header name and value; the key belongs in api_key_env",
+            );
+        } else {
+            headers.push((header.clone(), value.clone()));
+        }
+    }
+    let timeouts = Timeouts {
+        connect: check.duration(
+            &at("connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        ),
+        first_byte: check.duration(
+            &at("first_byte_timeout"),
+            raw.first_byte_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        idle: check.duration(
+            &at("idle_timeout"),
+            raw.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        total: check.duration(
+            &at("total_timeout"),
+            raw.total_timeout.as_deref(),
+            Duration::from_secs(600),
+        ),
+    };
+    Some(ProviderConfig {
+        name,
+        kind,
+        base_url,
+        api_key_env: raw.api_key_env.clone(),
+        headers,
+        timeouts,
+    })
+}
+
+fn validate_model(
+    index: usize,
+    raw: &RawModel,
+    providers: &BTreeMap<&str, ProviderKind>,
+    check: &mut Checker<'_>,
+) -> Option<ModelConfig> {
+    let at = |key: &str| format!("models[{index}].{key}");
+    let Some(id) = raw.id.clone() else {
+        check.report(at("id"), "is missing", "set id = \"provider/model\"");
+        return None;
+    };
+    let Some((prefix, suffix)) = id
+        .split_once('/')
+        .filter(|(p, s)| !p.is_empty() && !s.is_empty())
+    else {
+        check.report(
+            at("id"),
+            format!("{id:?} is not of the form provider/model"),
+            "write it like \"openai/gpt-4.1-mini\"",
+        );
+        return None;
+    };
+    let provider = raw.provider.clone().unwrap_or_else(|| prefix.to_string());
+    let upstream = raw.upstream.clone().unwrap_or_else(|| suffix.to_string());
+    match providers.get(provider.as_str()) {
+        None => check.report(
+            at("provider"),
+            format!("model {id:?} uses provider {provider:?}, which is not defined"),
+            "add a [[providers]] table with that name, or set provider = \"…\"",
+        ),
+        Some(ProviderKind::Mock) if !crate::providers::mock::is_known_model(&upstream) => check
+            .report(
+                at("upstream"),
+                format!("the mock provider has no model {upstream:?}"),
+                format!(
+                    "use one of: {}",
+                    crate::providers::mock::MODEL_NAMES.join(", ")
+                ),
+            ),
+        Some(_) => {}
+    }
+    let max_output_tokens = raw.max_output_tokens;
+    if let (Some(ctx), Some(out)) = (raw.context_length, max_output_tokens) {
+        if out > ctx {
+            check.report(
+                at("max_output_tokens"),
+                "is larger than context_length",
+                "lower it to at most context_length",
+            );
+        }
+    }
+    if raw.context_length == Some(0) || max_output_tokens == Some(0) {
+        check.report(
+            at("context_length"),
+            "token limits must be positive",
+            "remove them or set a positive number",
+        );
+    }
+    Some(ModelConfig {
+        name: raw.name.clone().unwrap_or_else(|| id.clone()),
+        prompt_price: check.price(&at("prompt_price"), raw.prompt_price.as_ref()),
+        completion_price: check.price(&at("completion_price"), raw.completion_price.as_ref()),
+        context_length: raw.context_length,
+        max_output_tokens,
+        id,
+        provider,
+        upstream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = parse(EMBEDDED_DEFAULT, "default").expect("embedded config must validate");
+        assert!(config.models.iter().any(|m| m.id == "mock/echo"));
+        let echo = config.models.iter().find(|m| m.id == "mock/echo").unwrap();
+        assert!(echo.prompt_price > 0, "mock models carry a nominal price");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            colour = "blue"
+            [[providers]]
+            name = "up"
+            kind = "openai"
+            base_url = "ftp://x"
+            api_key_env = "sk-live-123"
+            [[models]]
+            id = "up/m"
+            prompt_price = 0.4
+            [[models]]
+            id = "ghost/m"
+        "#;
+        let err = parse(text, "t.toml").unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "server.colour",
+            "server.listen",
+            "providers[0].base_url",
+            "providers[0].api_key_env",
+            "models[0].prompt_price",
+            "models[1].provider",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
+        let shown = err.to_string();
+        assert!(shown.starts_with("t.toml: 6 problems found"), "{shown}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_position() {
+        let err = parse("[server\nlisten=1", "bad.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "(syntax)");
+        assert!(
+            err.problems[0].problem.contains("line"),
+            "{:?}",
+            err.problems
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! The config file exactly as written: serde structs with defaults and no
+//! validation. `super::validate` turns a `RawConfig` into a `Config`.
+//! Unknown keys are collected by the loader (`serde_ignored`), not here.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub body_limit_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub keepalive_interval: Option<String>,
+    pub max_stream_duration: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawProvider {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub total_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawModel {
+    pub id: Option<String>,
+    pub provider: Option<String>,
+    pub upstream: Option<String>,
+    pub name: Option<String>,
+    pub prompt_price: Option<toml::Value>,
+    pub completion_price: Option<toml::Value>,
+    pub context_length: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+}

@@ -1,0 +1,401 @@
+//! Relaying a Chat Completions stream, one upstream event at a time.
+//!
+//! `ChunkRelay` is the pure part: it turns one upstream event into what the
+//! client gets (the chunk with the public model id, tool-call indexes made
+//! 0-based and contiguous, the usage chunk dropped when the client did not
+//! ask for it) and decides when the stream has ended well or badly.
+//! `relay` is the timed part: keep-alives during silence, the idle and
+//! total limits, and the final error event. Nothing is buffered: each
+//! event becomes one frame as soon as it arrives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::time::{sleep_until, Instant};
+
+use super::error::GatewayError;
+use super::record::{Outcome, RequestContext, Usage};
+use super::upstream_error;
+use crate::providers::{EventStream, ProviderError};
+
+pub const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
+pub const KEEPALIVE_FRAME: &[u8] = b": keep-alive\n\n";
+
+/// Timing limits of one relayed stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    pub keepalive: Duration,
+    pub idle: Duration,
+    pub max_duration: Duration,
+}
+
+/// What to do with one upstream event.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this frame to the client.
+    Send(Bytes),
+    /// Nothing to send (e.g. a usage chunk the client did not ask for).
+    Skip,
+    /// The stream ended well: send `[DONE]` and stop.
+    Done,
+    /// The stream failed: send the error event and stop.
+    Fail(GatewayError),
+}
+
+/// Maps upstream tool-call positions to the 0-based, contiguous `index`
+/// clients rely on, for one choice.
+#[derive(Debug, Default)]
+struct ToolCalls {
+    /// The upstream's `index` (or None when it sent none) of each call seen.
+    seen: Vec<Option<u64>>,
+}
+
+impl ToolCalls {
+    fn normalize(&mut self, call: &mut Map<String, Value>) {
+        let upstream_index = call.get("index").and_then(Value::as_u64);
+        let starts_call = call.contains_key("id");
+        let known = match upstream_index {
+            Some(i) => self.seen.iter().position(|s| *s == Some(i)),
+            // No index: a delta with an id starts a call, one without
+            // continues the latest.
+            None if starts_call => None,
+            None => self.seen.len().checked_sub(1),
+        };
+        let index = known.unwrap_or_else(|| {
+            self.seen.push(upstream_index);
+            if !call.contains_key("type") {
+                call.insert("type".into(), json!("function"));
+            }
+            self.seen.len() - 1
+        });
+        call.insert("index".into(), json!(index));
+    }
+}
+
+pub struct ChunkRelay {
+    provider: Arc<str>,
+    public_model: Arc<str>,
+    client_wants_usage: bool,
+    /// A choice has reported its `finish_reason`.
+    finished: bool,
+    id: Option<String>,
+    created: Option<Value>,
+    usage: Option<Usage>,
+    tool_calls: Vec<ToolCalls>,
+}
+
+impl ChunkRelay {
+    pub fn new(provider: &str, public_model: &str, client_wants_usage: bool) -> Self {
+        Self {
+            provider: provider.into(),
+            public_model: public_model.into(),
+            client_wants_usage,
+            finished: false,
+            id: None,
+            created: None,
+            usage: None,
+            tool_calls: Vec::new(),
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    pub fn on_event(&mut self, data: &str) -> Step {
+        if data.trim() == "[DONE]" {
+            return Step::Done;
+        }
+        let mut chunk = match serde_json::from_str::<Value>(data) {
+            Ok(Value::Object(chunk)) => chunk,
+            _ => {
+                return Step::Fail(upstream_error(
+                    &self.provider,
+                    ProviderError::Decode("a stream event is not a JSON object".into()),
+                ))
+            }
+        };
+        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| error.to_string());
+            return Step::Fail(upstream_error(
+                &self.provider,
+                ProviderError::StreamError(message),
+            ));
+        }
+        if let Some(id) = chunk.get("id").and_then(Value::as_str) {
+            if self.id.is_none() {
+                self.id = Some(id.to_string());
+            }
+        }
+        if self.created.is_none() {
+            self.created = chunk.get("created").cloned();
+        }
+        if let Some(usage) = Usage::from_json(chunk.get("usage")) {
+            self.usage = Some(usage);
+        }
+        let mut has_choices = false;
+        if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
+            has_choices = !choices.is_empty();
+            for choice in choices.iter_mut() {
+                self.inspect_choice(choice);
+            }
+        }
+        if !self.client_wants_usage {
+            if !has_choices && chunk.contains_key("usage") {
+                return Step::Skip;
+            }
+            chunk.remove("usage");
+        }
+        chunk.insert("model".into(), Value::String(self.public_model.to_string()));
+        Step::Send(frame(&Value::Object(chunk)))
+    }
+
+    fn inspect_choice(&mut self, choice: &mut Value) {
+        if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+            self.finished = true;
+        }
+        let slot = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let Some(Value::Array(calls)) = choice.pointer_mut("/delta/tool_calls") else {
+            return;
+        };
+        if self.tool_calls.len() <= slot {
+            // Bounded by the number of choices the client asked for.
+            self.tool_calls.resize_with(slot + 1, ToolCalls::default);
+        }
+        for call in calls.iter_mut().filter_map(Value::as_object_mut) {
+            self.tool_calls[slot].normalize(call);
+        }
+    }
+
+    /// The upstream closed its stream: fine only if the answer had finished.
+    pub fn on_eof(&self) -> Step {
+        if self.finished {
+            Step::Done
+        } else {
+            Step::Fail(upstream_error(
+                &self.provider,
+                ProviderError::Transport("the stream ended before the answer finished".into()),
+            ))
+        }
+    }
+
+    /// The last event of a failed stream: a chunk with `finish_reason:
+    /// "error"` that carries the error and the request id.
+    pub fn error_frame(&self, error: &GatewayError, request_id: &str) -> Bytes {
+        let id = self
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("chatcmpl-{request_id}"));
+        frame(&json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": self.created.clone().unwrap_or(json!(0)),
+            "model": &*self.public_model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+            "error": error.error_object(request_id),
+            "reqId": request_id,
+        }))
+    }
+}
+
+fn frame(value: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut out, value).expect("a JSON value always serializes");
+    out.extend_from_slice(b"\n\n");
+    out.into()
+}
+
+/// Relays the rest of an upstream stream after its first frame was sent.
+/// Ends with `[DONE]` on success, or with one error event on failure.
+pub fn relay(
+    mut relay: ChunkRelay,
+    first_frames: Vec<Bytes>,
+    mut events: EventStream,
+    limits: StreamLimits,
+    ctx: RequestContext,
+) -> BoxStream<'static, Bytes> {
+    async_stream::stream! {
+        for f in first_frames {
+            yield f;
+        }
+        let deadline = Instant::now() + limits.max_duration;
+        let mut last_event = Instant::now();
+        let mut last_write = last_event;
+        let step = loop {
+            let idle_at = last_event + limits.idle;
+            let wake = (last_write + limits.keepalive).min(idle_at).min(deadline);
+            tokio::select! {
+                biased;
+                event = events.next() => {
+                    last_event = Instant::now();
+                    let step = match event {
+                        Some(Ok(data)) => relay.on_event(&data),
+                        Some(Err(e)) => Step::Fail(upstream_error(&relay.provider, e)),
+                        None => relay.on_eof(),
+                    };
+                    match step {
+                        Step::Send(bytes) => {
+                            last_write = last_event;
+                            yield bytes;
+                        }
+                        Step::Skip => {}
+                        done_or_failed => break done_or_failed,
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break Step::Fail(GatewayError::unavailable(
+                            "stream_too_long",
+                            format!("The stream reached the gateway's limit of {:?} and was ended.", limits.max_duration),
+                        ));
+                    }
+                    if now >= idle_at {
+                        break Step::Fail(upstream_error(
+                            &relay.provider,
+                            ProviderError::Timeout(format!("no stream event for {:?}", limits.idle)),
+                        ));
+                    }
+                    last_write = now;
+                    yield Bytes::from_static(KEEPALIVE_FRAME);
+                }
+            }
+        };
+        // Stop reading upstream before the last frame goes out.
+        drop(events);
+        let usage = relay.usage();
+        match step {
+            Step::Fail(error) => {
+                ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Failed(error.code); });
+                tracing::warn!(request_id = %ctx.request_id, code = error.code, detail = ?error.detail, "stream failed: {}", error.message);
+                yield relay.error_frame(&error, &ctx.request_id);
+            }
+            _ => {
+                ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });
+                yield Bytes::from_static(DONE_FRAME);
+            }
+        }
+    }
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn payload(step: Step) -> Value {
+        match step {
+            Step::Send(b) => {
+                let text = std::str::from_utf8(&b).unwrap();
+                serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap()
+            }
+            other => panic!("expected Send, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rewrites_model_and_drops_unrequested_usage() {
+        let mut r = ChunkRelay::new("up", "up/public", false);
+        let out = payload(r.on_event(r#"{"id":"c1","model":"internal","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}"#));
+        assert_eq!(out["model"], "up/public");
+        assert!(out.get("usage").is_none());
+        let usage = r#"{"id":"c1","model":"internal","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":0}}"#;
+        assert!(matches!(r.on_event(usage), Step::Skip));
+        assert_eq!(
+            r.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 0,
+                cached_tokens: 0
+            })
+        );
+
+        let mut wants = ChunkRelay::new("up", "up/public", true);
+        assert_eq!(payload(wants.on_event(usage))["usage"]["prompt_tokens"], 3);
+    }
+
+    #[test]
+    fn eof_is_a_failure_unless_the_answer_finished() {
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        r.on_event(r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#);
+        assert!(matches!(r.on_eof(), Step::Fail(_)));
+        r.on_event(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        assert!(matches!(r.on_eof(), Step::Done));
+        assert!(matches!(r.on_event("[DONE]"), Step::Done));
+    }
+
+    #[test]
+    fn malformed_and_error_events_fail_the_stream() {
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        assert!(
+            matches!(r.on_event("{not json"), Step::Fail(e) if e.code == "provider_invalid_response")
+        );
+        match r.on_event(r#"{"error":{"message":"overloaded"}}"#) {
+            Step::Fail(e) => assert!(e.message.contains("overloaded"), "{}", e.message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tool_call_indexes_become_zero_based_and_contiguous() {
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        let deltas = [
+            // An upstream that counts from 1 and omits `type`.
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"a","function":{"name":"f","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"{}"}}]}}]}"#,
+            // An upstream that sends no index at all.
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"b","type":"function","function":{"name":"g","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}"#,
+        ];
+        let calls: Vec<Value> = deltas
+            .iter()
+            .map(|d| payload(r.on_event(d))["choices"][0]["delta"]["tool_calls"][0].clone())
+            .collect();
+        let indexes: Vec<u64> = calls.iter().map(|c| c["index"].as_u64().unwrap()).collect();
+        assert_eq!(indexes, [0, 0, 1, 1]);
+        assert_eq!(calls[0]["type"], "function");
+        assert!(
+            calls[1].get("type").is_none(),
+            "only a call's first delta gets type"
+        );
+    }
+
+    #[test]
+    fn error_frame_carries_the_request_id() {
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        r.on_event(
+            r#"{"id":"chatcmpl-9","created":5,"choices":[{"index":0,"delta":{"content":"a"}}]}"#,
+        );
+        let err = GatewayError::unavailable("provider_timeout", "late");
+        let f = r.error_frame(&err, "req_1");
+        let v: Value = serde_json::from_str(
+            std::str::from_utf8(&f)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        assert_eq!(v["id"], "chatcmpl-9");
+        assert_eq!(v["reqId"], "req_1");
+        assert_eq!(v["error"]["reqId"], "req_1");
+        assert_eq!(v["choices"][0]["finish_reason"], "error");
+        assert_eq!(
+            v,
+            json!({"id":"chatcmpl-9","object":"chat.completion.chunk","created":5,"model":"up/m",
+            "choices":[{"index":0,"delta":{},"finish_reason":"error"}],
+            "error":{"message":"late","type":"service_unavailable","code":"provider_timeout","param":null,"reqId":"req_1"},
+            "reqId":"req_1"})
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! `GET /api/v1/models` and `GET /api/v1/models/{id}` (ids contain "/").
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    Json(state.gateway.catalog.list_json())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.gateway.catalog.model_json(&id)?))
+}

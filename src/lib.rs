@@ -1,0 +1,28 @@
+//! Mume Gateway: an OpenAI-compatible LLM gateway.
+//!
+//! Requests flow one way: `http` (axum only) → `gateway` (domain) →
+//! `providers`. Nothing depends on `http`; the domain never sees an axum
+//! type.
+//!
+//! - `cli`: clap structs. `main.rs` dispatches.
+//! - `config`: TOML → validated `Config`, every problem reported at once.
+//! - `app`: the router and its one documented layer stack.
+//! - `server`: the listener loop (TCP_NODELAY, header timeout, graceful shutdown).
+//! - `state`: `AppState`, built once from config.
+//! - `middleware`: request id + access log, header limits.
+//! - `http`: thin handlers, the error envelope, body extraction, SSE responses.
+//! - `gateway`: the domain: request parsing, model catalog, the chat flow,
+//!   the stream relay, the error vocabulary, the per-request record.
+//! - `providers`: the `Provider` trait, the OpenAI-compatible adapter, the mock.
+//! - `telemetry`: logging setup.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod middleware;
+pub mod providers;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,96 @@
+//! Upstream providers behind one trait, and the registry that builds them
+//! from config. Adapters translate and transport; they make no billing,
+//! routing or HTTP-status decisions.
+//!
+//! - `openai`: any OpenAI-compatible Chat Completions server, over HTTP.
+//! - `mock`: built in, no network; echo and fault-injection models.
+
+pub mod error;
+pub mod mock;
+pub mod openai;
+mod sse;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde_json::Value;
+
+use crate::config::{Config, ProviderKind, Timeouts};
+pub use error::ProviderError;
+
+/// One Chat Completions call as it goes upstream: the body already carries
+/// the upstream model name and every field the client sent that we pass on.
+#[derive(Debug)]
+pub struct ChatCall {
+    pub body: Value,
+    pub stream: bool,
+}
+
+/// The `data` of one upstream server-sent event.
+pub type EventData = String;
+
+/// Upstream events, in order, as they arrive.
+pub type EventStream = BoxStream<'static, Result<EventData, ProviderError>>;
+
+pub enum ChatReply {
+    /// A complete non-streaming response body (JSON bytes).
+    Complete(bytes::Bytes),
+    /// A stream of events; nothing has been read past the response headers.
+    Stream(EventStream),
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &str;
+    fn timeouts(&self) -> Timeouts;
+    async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError>;
+}
+
+/// A problem found while building providers that does not stop startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderWarning(pub String);
+
+/// Providers by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    providers: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl Registry {
+    /// Builds every configured provider. `env` looks up environment
+    /// variables (tests inject their own). Missing key variables come back
+    /// as warnings; those providers answer 503 naming the variable.
+    pub fn build(
+        config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Vec<ProviderWarning>), ProviderError> {
+        let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let mut warnings = Vec::new();
+        for p in &config.providers {
+            let provider: Arc<dyn Provider> = match p.kind {
+                ProviderKind::Mock => Arc::new(mock::MockProvider::new(&p.name, p.timeouts)),
+                ProviderKind::OpenAi => {
+                    let key = p
+                        .api_key_env
+                        .as_deref()
+                        .map(|var| (var, env(var).filter(|v| !v.is_empty())));
+                    if let Some((var, None)) = key {
+                        warnings.push(ProviderWarning(format!(
+                            "provider {:?}: environment variable {var} is unset; its models will answer 503 until it is set",
+                            p.name
+                        )));
+                    }
+                    Arc::new(openai::OpenAiProvider::new(p, key)?)
+                }
+            };
+            providers.insert(p.name.clone(), provider);
+        }
+        Ok((Self { providers }, warnings))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(name)
+    }
+}

@@ -1,0 +1,20 @@
+//! Logging setup: human-readable by default, one JSON object per line when
+//! `MUME_LOG_FORMAT=json`. The level comes from `MUME_LOG` (or `RUST_LOG`),
+//! default `info`. Nothing logged anywhere carries a key or a secret.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_env("MUME_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("MUME_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
