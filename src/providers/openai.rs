@@ -113,14 +113,17 @@ impl Provider for OpenAiProvider {
         if let Some(Secret(value)) = auth {
             request = request.header(AUTHORIZATION, value.clone());
         }
-        let response = tokio::time::timeout(self.timeouts.first_byte, request.send())
+        // A non-streaming upstream sends its headers only once the whole
+        // answer is ready, so only streams get the first-byte limit; the
+        // caller bounds non-streaming calls by the total timeout.
+        let limit = if call.stream {
+            self.timeouts.first_byte
+        } else {
+            self.timeouts.total
+        };
+        let response = tokio::time::timeout(limit, request.send())
             .await
-            .map_err(|_| {
-                ProviderError::Timeout(format!(
-                    "no response headers within {:?}",
-                    self.timeouts.first_byte
-                ))
-            })?
+            .map_err(|_| ProviderError::Timeout(format!("no response headers within {limit:?}")))?
             .map_err(|e| ProviderError::Transport(describe(e)))?;
         let status = response.status();
         if !status.is_success() {

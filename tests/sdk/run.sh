@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# SDK compatibility suite: the official `openai` Python and Node packages
+# against a real Mume Gateway binary serving only the built-in mock provider.
+#
+#   MUME_BIN=path/to/mume-gateway bash tests/sdk/run.sh
+#
+# MUME_BIN defaults to target/debug/mume-gateway under the repository root
+# (a relative MUME_BIN is taken relative to the current directory). PYTHON
+# selects the interpreter (default python3). Works from any directory and
+# needs no stdin. Exits non-zero if either suite fails.
+set -euo pipefail
+
+SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SDK_DIR/../.." && pwd)"
+CONFIG="$SDK_DIR/gateway.toml"
+PYTHON="${PYTHON:-python3}"
+
+MUME_BIN="${MUME_BIN:-$REPO_ROOT/target/debug/mume-gateway}"
+case "$MUME_BIN" in
+  /*) ;;
+  *) MUME_BIN="$PWD/$MUME_BIN" ;;
+esac
+if [[ ! -x "$MUME_BIN" ]]; then
+  echo "sdk: gateway binary not found or not executable: $MUME_BIN" >&2
+  echo "sdk: build it (cargo build --bin mume-gateway) or set MUME_BIN" >&2
+  exit 2
+fi
+
+log() { echo "sdk: $*" >&2; }
+
+# --- dependencies -----------------------------------------------------------
+if ! "$PYTHON" -c 'import openai, pytest' >/dev/null 2>&1; then
+  log "installing the openai and pytest Python packages"
+  "$PYTHON" -m pip install -q openai pytest </dev/null
+fi
+log "installing the Node SDK (npm ci)"
+(cd "$SDK_DIR/node" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+
+"$MUME_BIN" check-config --config "$CONFIG" >&2
+
+# --- gateway ------------------------------------------------------------------
+# Local requests must never go through a proxy configured for the machine.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"
+
+PORT="$("$PYTHON" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()')"
+BASE="http://127.0.0.1:$PORT"
+
+WORK_DIR="$(mktemp -d)"
+GW_LOG="$WORK_DIR/gateway.log"
+GW_PID=""
+
+cleanup() {
+  local rc=$?
+  if [[ -n "$GW_PID" ]] && kill -0 "$GW_PID" 2>/dev/null; then
+    kill "$GW_PID" 2>/dev/null || true
+    # The gateway drains in-flight work on SIGTERM; do not wait forever.
+    for _ in $(seq 1 50); do
+      kill -0 "$GW_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$GW_PID" 2>/dev/null; then
+      kill -9 "$GW_PID" 2>/dev/null || true
+    fi
+    wait "$GW_PID" 2>/dev/null || true
+  fi
+  if [[ $rc -ne 0 && -s "$GW_LOG" ]]; then
+    echo "sdk: last gateway log lines:" >&2
+    tail -n 40 "$GW_LOG" >&2 || true
+  fi
+  rm -rf "$WORK_DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "starting $MUME_BIN on 127.0.0.1:$PORT"
+"$MUME_BIN" serve --config "$CONFIG" --listen "127.0.0.1:$PORT" </dev/null >"$GW_LOG" 2>&1 &
+GW_PID=$!
+
+healthy() {
+  "$PYTHON" -c 'import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=1) as r:
+    sys.exit(0 if r.status == 200 else 1)' "$BASE/health" >/dev/null 2>&1
+}
+
+deadline=$((SECONDS + 20))
+until healthy; do
+  if ! kill -0 "$GW_PID" 2>/dev/null; then
+    log "the gateway exited before becoming healthy"
+    exit 1
+  fi
+  if ((SECONDS >= deadline)); then
+    log "the gateway did not answer GET /health within 20 s"
+    exit 1
+  fi
+  sleep 0.2
+done
+log "gateway healthy at $BASE"
+
+export MUME_BASE_URL="$BASE/api/v1"
+
+# --- suites -------------------------------------------------------------------
+failed=()
+
+log "Python suite (pytest)"
+if ! (cd "$SDK_DIR/python" && "$PYTHON" -m pytest -q -p no:cacheprovider </dev/null); then
+  failed+=(python)
+fi
+
+log "Node suite (node --test)"
+if ! (cd "$SDK_DIR/node" && node --test </dev/null); then
+  failed+=(node)
+fi
+
+if ((${#failed[@]})); then
+  log "FAILED: ${failed[*]}"
+  exit 1
+fi
+log "all SDK suites passed"
