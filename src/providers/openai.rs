@@ -3,10 +3,12 @@
 //! built it, with the gateway's own key; no client header is ever copied.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
 };
@@ -20,8 +22,9 @@ const MAX_BODY_BYTES: usize = 64 << 20;
 /// Largest upstream error body read (the rest is not needed for a message).
 const MAX_ERROR_BYTES: usize = 64 << 10;
 
-/// A key that never prints.
-struct Secret(HeaderValue);
+/// A key that never prints: the Authorization header, and the bare key
+/// for redaction.
+struct Secret(HeaderValue, Redactor);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,7 +58,7 @@ impl OpenAiProvider {
                     ProviderError::NotConfigured(format!("the value of {var} is not a valid header value"))
                 })?;
                 header.set_sensitive(true);
-                Ok(Some(Secret(header)))
+                Ok(Some(Secret(header, Redactor(Some(value.into())))))
             }
         };
         let mut headers = HeaderMap::new();
@@ -110,8 +113,10 @@ impl Provider for OpenAiProvider {
             .post(&self.url)
             .headers(self.headers.clone())
             .body(body);
-        if let Some(Secret(value)) = auth {
+        let mut redactor = Redactor(None);
+        if let Some(Secret(value, key)) = auth {
             request = request.header(AUTHORIZATION, value.clone());
+            redactor = key.clone();
         }
         // A non-streaming upstream sends its headers only once the whole
         // answer is ready, so only streams get the first-byte limit; the
@@ -127,14 +132,69 @@ impl Provider for OpenAiProvider {
             .map_err(|e| ProviderError::Transport(describe(e)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(upstream_error(response).await);
+            return Err(redactor.error(upstream_error(response).await));
         }
         if call.stream {
-            return Ok(ChatReply::Stream(sse::events(response.bytes_stream())));
+            let events = sse::events(response.bytes_stream()).map(move |event| match event {
+                Ok(data) => Ok(redactor.text(data)),
+                Err(e) => Err(redactor.error(e)),
+            });
+            return Ok(ChatReply::Stream(events.boxed()));
         }
         read_capped(response, MAX_BODY_BYTES)
             .await
-            .map(ChatReply::Complete)
+            .map(|body| ChatReply::Complete(redactor.bytes(body)))
+            .map_err(|e| redactor.error(e))
+    }
+}
+
+/// Some upstreams quote the key they were sent ("Incorrect API key
+/// provided: sk-..."). Everything this adapter hands on from the upstream
+/// passes through here, so the key reaches neither a client nor a log.
+#[derive(Clone)]
+struct Redactor(Option<Arc<str>>);
+
+impl Redactor {
+    const MASK: &'static str = "[redacted]";
+
+    fn key(&self) -> Option<&str> {
+        self.0.as_deref().filter(|k| !k.is_empty())
+    }
+
+    fn text(&self, text: String) -> String {
+        match self.key() {
+            Some(key) if text.contains(key) => text.replace(key, Self::MASK),
+            _ => text,
+        }
+    }
+
+    fn bytes(&self, body: Bytes) -> Bytes {
+        match (self.key(), std::str::from_utf8(&body)) {
+            (Some(key), Ok(text)) if text.contains(key) => text.replace(key, Self::MASK).into(),
+            _ => body,
+        }
+    }
+
+    fn error(&self, error: ProviderError) -> ProviderError {
+        match error {
+            ProviderError::Upstream {
+                status,
+                message,
+                code,
+                param,
+                retry_after,
+            } => ProviderError::Upstream {
+                status,
+                message: self.text(message),
+                code: code.map(|c| self.text(c)),
+                param: param.map(|p| self.text(p)),
+                retry_after,
+            },
+            ProviderError::Transport(m) => ProviderError::Transport(self.text(m)),
+            ProviderError::Decode(m) => ProviderError::Decode(self.text(m)),
+            ProviderError::StreamError(m) => ProviderError::StreamError(self.text(m)),
+            other => other,
+        }
     }
 }
 

@@ -1,0 +1,313 @@
+//! The binary: `check-config` reports every problem, `serve` refuses a bad
+//! config with the same words, and the JSON logs carry the access fields
+//! and never a provider key.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+
+use crate::support::upstream::completion;
+use crate::support::{client, request_id, Upstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mume-gateway");
+
+const BAD_CONFIG: &str = r#"
+[server]
+listen = "nowhere"
+colour = "blue"
+
+[[providers]]
+name = "mock"
+kind = "mock"
+
+[[models]]
+id = "ghost/m"
+"#;
+
+/// The problems BAD_CONFIG must be reported with.
+const PROBLEMS: [&str; 3] = ["server.colour", "server.listen", "models[0].provider"];
+
+/// A file under the system temp dir, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("mume-it-{}-{name}", std::process::id()));
+        fs::write(&path, contents).expect("write temp file");
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The binary with a clean slate: no config or listen override from the
+/// environment of whoever runs the tests.
+fn gateway_command() -> Command {
+    let mut command = Command::new(BIN);
+    for var in [
+        "MUME_CONFIG",
+        "MUME_LISTEN",
+        "MUME_LOG",
+        "MUME_LOG_FORMAT",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+#[test]
+fn check_config_lists_every_problem_of_a_bad_file_and_fails() {
+    let file = TempFile::new("bad-check.toml", BAD_CONFIG);
+    let output = gateway_command()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a bad config must fail the check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3 problems found"), "{stderr}");
+    for problem in PROBLEMS {
+        assert!(
+            stderr.contains(problem),
+            "{problem} not reported:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("\"ghost\""),
+        "names the missing provider:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_embedded_default() {
+    let output = gateway_command()
+        .arg("check-config")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+}
+
+#[test]
+fn serve_refuses_to_start_with_a_bad_config() {
+    let file = TempFile::new("bad-serve.toml", BAD_CONFIG);
+    let mut child = gateway_command()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("serve started with a bad config");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for problem in PROBLEMS {
+        assert!(
+            stderr.contains(problem),
+            "{problem} not reported:\n{stderr}"
+        );
+    }
+}
+
+/// Kills the child when the test ends, whatever happens.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const CANARY: &str = "sk-canary-SECRET-123456789";
+
+#[tokio::test]
+async fn json_logs_have_access_fields_and_never_the_provider_key() {
+    // The upstream answers `m-upstream`, and refuses `m-denied` quoting
+    // the key it was sent, as some servers do.
+    let upstream = Upstream::start(|request| async move {
+        if request.body["model"] == "m-denied" {
+            let auth = request.headers["authorization"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body = json!({"error": {"message": format!("Incorrect API key provided: {auth}")}});
+            let mut response = axum::Json(body).into_response();
+            *response.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+            return response;
+        }
+        axum::Json(completion("logged")).into_response()
+    })
+    .await;
+    let config = TempFile::new(
+        "logs.toml",
+        &format!(
+            r#"
+[[providers]]
+name = "mock"
+kind = "mock"
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "{}"
+api_key_env = "OPENAI_API_KEY"
+
+[[models]]
+id = "mock/echo"
+[[models]]
+id = "mock/error-500"
+[[models]]
+id = "up/m"
+upstream = "m-upstream"
+[[models]]
+id = "up/denied"
+upstream = "m-denied"
+"#,
+            upstream.base_url
+        ),
+    );
+    let stdout = TempFile::new("logs.stdout", "");
+    let stderr = TempFile::new("logs.stderr", "");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut child = Running(
+        gateway_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&config.0)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("MUME_LOG_FORMAT", "json")
+            .env("MUME_LOG", "trace")
+            .env("OPENAI_API_KEY", CANARY)
+            .stdout(fs::File::create(&stdout.0).unwrap())
+            .stderr(fs::File::create(&stderr.0).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client().get(format!("{base}/health")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the gateway never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let chat = |model: &str, stream: bool| {
+        client()
+            .post(format!("{base}/api/v1/chat/completions"))
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi there"}], "stream": stream}))
+            .send()
+    };
+    let mut expected = Vec::new();
+    let ok = chat("up/m", false).await.unwrap();
+    let ok_id = request_id(ok.headers());
+    assert_eq!(ok.status(), 200);
+    ok.bytes().await.unwrap();
+    for (model, stream, status) in [
+        ("mock/echo", true, 200),
+        ("nope/x", false, 400),
+        ("mock/error-500", false, 500),
+        ("up/denied", false, 503),
+        ("up/denied", true, 503),
+    ] {
+        let response = chat(model, stream).await.unwrap();
+        assert_eq!(response.status(), status, "{model}");
+        let id = request_id(response.headers());
+        let body = response.text().await.unwrap();
+        assert!(!body.contains(CANARY), "the key reached a client: {body}");
+        expected.push((id, status));
+    }
+    let missing = client().get(format!("{base}/nope")).send().await.unwrap();
+    expected.push((request_id(missing.headers()), 404));
+
+    // Wait until every access line is written, then stop the process.
+    let wait = Instant::now();
+    while !expected
+        .iter()
+        .all(|(id, _)| fs::read_to_string(&stdout.0).unwrap().contains(id.as_str()))
+    {
+        assert!(
+            wait.elapsed() < Duration::from_secs(10),
+            "access lines missing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(child);
+
+    let out = fs::read_to_string(&stdout.0).unwrap();
+    let err = fs::read_to_string(&stderr.0).unwrap();
+    let leaks: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.contains(&CANARY[..12]))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the provider key is in the output:\n{leaks:#?}"
+    );
+
+    let lines: Vec<Value> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access = |id: &str| -> Value {
+        lines
+            .iter()
+            .find(|l| l["target"] == "mume::access" && l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{out}"))
+            .clone()
+    };
+    let line = access(&ok_id);
+    assert_eq!(line["model"], "up/m", "{line}");
+    assert_eq!(line["provider"], "up", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["path"], "/api/v1/chat/completions", "{line}");
+    assert!(
+        line["latency_ms"].as_f64().is_some_and(|l| l >= 0.0),
+        "{line}"
+    );
+    for (id, status) in &expected {
+        let line = access(id);
+        assert_eq!(line["status"], *status, "{line}");
+        assert!(line["latency_ms"].is_number(), "{line}");
+    }
+}

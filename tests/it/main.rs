@@ -1,0 +1,19 @@
+//! Integration tests: the gateway runs in-process on a real port, its
+//! upstreams are real HTTP servers on 127.0.0.1, and the client is reqwest
+//! or a raw TCP socket. One binary; one module per feature.
+
+mod support;
+
+mod cli;
+mod disconnect;
+mod errors;
+mod input;
+mod mock;
+mod models;
+mod passthrough;
+mod request_id;
+mod responses;
+mod server;
+mod shutdown;
+mod stream_failures;
+mod streaming;
