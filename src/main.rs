@@ -9,6 +9,9 @@ use mume_gateway::server::{serve, shutdown_signal, ServerOptions};
 use mume_gateway::state::AppState;
 use mume_gateway::{app, config, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -51,7 +54,7 @@ fn check_config(args: &ConfigArg) -> ExitCode {
 }
 
 fn run(args: ServeArgs) -> ExitCode {
-    telemetry::init();
+    let _log_writer = telemetry::init();
     let mut config = match config::load(args.config.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

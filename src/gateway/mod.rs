@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod json;
 pub mod record;
 pub mod relay;
 pub mod request;
@@ -22,6 +23,7 @@ use serde_json::Value;
 use crate::providers::{ChatCall, ChatReply, ProviderError, Registry};
 use catalog::Catalog;
 use error::{ErrorKind, GatewayError};
+use json::RawObject;
 use record::{Outcome, RequestContext, Usage};
 use relay::{ChunkRelay, Step, StreamLimits};
 use request::ChatRequest;
@@ -80,12 +82,13 @@ impl Gateway {
             })?
             .clone();
         let timeouts = provider.timeouts();
+        let (stream, client_wants_usage) = (request.stream, request.client_wants_usage);
         let call = ChatCall {
-            body: request.upstream_body(&model.upstream),
-            stream: request.stream,
+            body: request.into_upstream_body(&model.upstream),
+            stream,
         };
         let started = Instant::now();
-        let limit = if request.stream {
+        let limit = if stream {
             timeouts.first_byte
         } else {
             timeouts.total
@@ -107,8 +110,7 @@ impl Gateway {
                 Ok(ChatOutcome::Complete(bytes))
             }
             ChatReply::Stream(mut events) => {
-                let mut relay =
-                    ChunkRelay::new(provider.name(), &model.id, request.client_wants_usage);
+                let mut relay = ChunkRelay::new(provider.name(), &model.id, client_wants_usage);
                 // Hold the 200 until the upstream has said something real,
                 // so an early failure is still an honest HTTP status.
                 let first_byte_deadline = started + timeouts.first_byte;
@@ -164,24 +166,25 @@ impl Gateway {
 }
 
 /// Puts the public model id into a complete response and reads its usage.
-/// Everything else in the body stays as the upstream sent it.
+/// Every other member goes back out exactly as the upstream wrote it.
 fn rewrite_completion(
     bytes: &[u8],
     public_model: &str,
 ) -> Result<(Bytes, Option<Usage>), ProviderError> {
-    let mut body: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ProviderError::Decode(format!("response is not JSON: {e}")))?;
-    let object = body
-        .as_object_mut()
-        .ok_or_else(|| ProviderError::Decode("response is not a JSON object".into()))?;
-    if !object.contains_key("choices") {
+    let object = RawObject::parse(bytes)
+        .map_err(|e| ProviderError::Decode(format!("response is not a JSON object: {e}")))?;
+    if object.get("choices").is_none() {
         let (message, _, _) = crate::providers::openai::error_fields(bytes);
         return Err(ProviderError::StreamError(message));
     }
-    object.insert("model".into(), Value::String(public_model.to_string()));
-    let usage = Usage::from_json(object.get("usage"));
-    let bytes = serde_json::to_vec(&body).map_err(|e| ProviderError::Decode(e.to_string()))?;
-    Ok((bytes.into(), usage))
+    let usage = match object.get("usage") {
+        Some(raw) => Usage::from_json(serde_json::from_str::<Value>(raw.get()).ok().as_ref()),
+        None => None,
+    };
+    Ok((
+        object.to_vec_with_string("model", public_model).into(),
+        usage,
+    ))
 }
 
 /// What the client is told when a provider call fails. The one place that

@@ -1,6 +1,6 @@
 //! Reading a Chat Completions request: a typed view of the few fields the
 //! gateway acts on, while the whole body travels on as JSON, untouched
-//! except for the changes `upstream_body` makes.
+//! except for the changes `into_upstream_body` makes.
 
 use serde_json::{Map, Value};
 
@@ -78,8 +78,8 @@ impl ChatRequest {
 
     /// The body sent upstream: the upstream model name, and for streams a
     /// request for the usage chunk (the gateway always needs the usage).
-    pub fn upstream_body(&self, upstream_model: &str) -> Value {
-        let mut body = self.body.clone();
+    pub fn into_upstream_body(self, upstream_model: &str) -> Value {
+        let mut body = self.body;
         body.insert("model".into(), Value::String(upstream_model.to_string()));
         if self.stream {
             let options = body
@@ -241,12 +241,12 @@ mod tests {
     }
 
     #[test]
-    fn upstream_body_keeps_unknown_fields_and_forces_usage() {
+    fn the_upstream_body_keeps_unknown_fields_and_forces_usage() {
         let req = parse(json!({"model": "p/m", "messages": [{"role": "user"}], "stream": true,
             "seed": 7, "logprobs": true, "x_vendor": {"a": [1, 2]}, "api_base": "http://evil", "api_key": "k"}))
         .unwrap();
         assert!(!req.client_wants_usage);
-        let up = req.upstream_body("m-up");
+        let up = req.into_upstream_body("m-up");
         assert_eq!(up["model"], "m-up");
         assert_eq!(up["seed"], 7);
         assert_eq!(up["x_vendor"], json!({"a": [1, 2]}));

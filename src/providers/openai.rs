@@ -34,7 +34,8 @@ impl fmt::Debug for Secret {
 
 pub struct OpenAiProvider {
     name: String,
-    url: String,
+    /// Parsed once: reqwest would otherwise parse a string on every call.
+    url: reqwest::Url,
     auth: Result<Option<Secret>, String>,
     headers: HeaderMap,
     client: reqwest::Client,
@@ -82,7 +83,8 @@ impl OpenAiProvider {
             .map_err(|e| ProviderError::NotConfigured(format!("HTTP client: {e}")))?;
         Ok(Self {
             name: config.name.clone(),
-            url: format!("{}/chat/completions", config.base_url),
+            url: reqwest::Url::parse(&format!("{}/chat/completions", config.base_url))
+                .map_err(|e| ProviderError::NotConfigured(format!("base_url: {e}")))?,
             auth,
             headers,
             client,
@@ -110,7 +112,7 @@ impl Provider for OpenAiProvider {
             serde_json::to_vec(&call.body).map_err(|e| ProviderError::Decode(e.to_string()))?;
         let mut request = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .headers(self.headers.clone())
             .body(body);
         let mut redactor = Redactor(None);
