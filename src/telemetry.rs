@@ -3,9 +3,12 @@
 //! default `info`. Nothing logged anywhere carries a key or a secret.
 //!
 //! Lines are written to stdout by a background thread, so a request never
-//! waits on a write system call; colours only when stdout is a terminal.
+//! waits on a write system call, and in batches: the thread drains every
+//! queued line into a buffer and flushes once when the queue is empty.
+//! Colours only when stdout is a terminal.
 
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::os::fd::AsFd;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -22,7 +25,7 @@ pub fn init() -> WorkerGuard {
     // lose their log lines.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(batched_stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
@@ -34,4 +37,14 @@ pub fn init() -> WorkerGuard {
         builder.init();
     }
     guard
+}
+
+/// Stdout without its per-line flushing: a buffer over a duplicate of its
+/// descriptor. Falls back to plain stdout if the descriptor cannot be
+/// duplicated.
+fn batched_stdout() -> Box<dyn Write + Send> {
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(BufWriter::with_capacity(64 << 10, std::fs::File::from(fd))),
+        Err(_) => Box::new(std::io::stdout()),
+    }
 }
