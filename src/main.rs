@@ -95,13 +95,7 @@ fn run(args: ServeArgs) -> ExitCode {
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(config = %config.source, models = config.models.len(), "mume-gateway listening on http://{addr}/api/v1");
-        let s = &config.server;
-        let options = ServerOptions {
-            header_read_timeout: s.header_read_timeout,
-            max_header_bytes: s.max_header_bytes,
-            max_headers: s.max_headers,
-            shutdown_grace: s.shutdown_grace,
-        };
+        let options = ServerOptions::from(&config.server);
         let flag = state.shutting_down.clone();
         let router = app::router(state);
         let shutdown = async move {

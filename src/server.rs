@@ -12,6 +12,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::config::ServerConfig;
+
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
     pub header_read_timeout: Duration,
@@ -20,6 +22,17 @@ pub struct ServerOptions {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub shutdown_grace: Duration,
+}
+
+impl From<&ServerConfig> for ServerOptions {
+    fn from(s: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            shutdown_grace: s.shutdown_grace,
+        }
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to

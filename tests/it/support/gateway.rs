@@ -53,13 +53,7 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("gateway state: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let s = &config.server;
-        let options = ServerOptions {
-            header_read_timeout: s.header_read_timeout,
-            max_header_bytes: s.max_header_bytes,
-            max_headers: s.max_headers,
-            shutdown_grace: s.shutdown_grace,
-        };
+        let options = ServerOptions::from(&config.server);
         let flag = state.shutting_down.clone();
         let router = app::router(state);
         let (tx, rx) = oneshot::channel::<()>();
