@@ -24,6 +24,10 @@ use crate::providers::{EventStream, ProviderError};
 
 pub const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
 pub const KEEPALIVE_FRAME: &[u8] = b": keep-alive\n\n";
+/// Choices whose tool calls are renumbered (OpenAI allows `n` up to 128).
+const MAX_CHOICES: usize = 128;
+/// Tool calls per choice whose index is renumbered.
+const MAX_TOOL_CALLS: usize = 1024;
 
 /// Timing limits of one relayed stream.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +69,11 @@ impl ToolCalls {
             None if starts_call => None,
             None => self.seen.len().checked_sub(1),
         };
+        if known.is_none() && self.seen.len() >= MAX_TOOL_CALLS {
+            // Past any real answer's size: pass the delta on untouched
+            // rather than let the upstream grow our state.
+            return;
+        }
         let index = known.unwrap_or_else(|| {
             self.seen.push(upstream_index);
             if !call.contains_key("type") {
@@ -162,12 +171,15 @@ impl ChunkRelay {
         if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
             self.finished = true;
         }
-        let slot = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let slot = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+        // The index comes from the upstream: never let it size an allocation.
+        let Some(slot) = usize::try_from(slot).ok().filter(|s| *s < MAX_CHOICES) else {
+            return;
+        };
         let Some(Value::Array(calls)) = choice.pointer_mut("/delta/tool_calls") else {
             return;
         };
         if self.tool_calls.len() <= slot {
-            // Bounded by the number of choices the client asked for.
             self.tool_calls.resize_with(slot + 1, ToolCalls::default);
         }
         for call in calls.iter_mut().filter_map(Value::as_object_mut) {
@@ -368,6 +380,14 @@ mod tests {
             calls[1].get("type").is_none(),
             "only a call's first delta gets type"
         );
+    }
+
+    #[test]
+    fn a_huge_choice_index_from_the_upstream_allocates_nothing() {
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        let chunk = r#"{"choices":[{"index":1000000000000,"delta":{"tool_calls":[{"index":0,"id":"a"}]}}]}"#;
+        assert!(matches!(r.on_event(chunk), Step::Send(_)));
+        assert!(r.tool_calls.is_empty());
     }
 
     #[test]
