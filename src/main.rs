@@ -54,7 +54,7 @@ fn check_config(args: &ConfigArg) -> ExitCode {
 }
 
 fn run(args: ServeArgs) -> ExitCode {
-    let _log_writer = telemetry::init();
+    telemetry::init();
     let mut config = match config::load(args.config.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
