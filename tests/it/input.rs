@@ -4,18 +4,7 @@
 use mume_gateway::config::EMBEDDED_DEFAULT;
 use serde_json::Value;
 
-use crate::support::{client, error_reply, TestGateway};
-
-async fn send_raw(gw: &TestGateway, body: Vec<u8>) -> crate::support::ErrorReply {
-    let response = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    error_reply(response).await
-}
+use crate::support::{client, post_chat_raw, TestGateway};
 
 /// (what, body, expected code, expected param)
 fn cases() -> Vec<(&'static str, Vec<u8>, &'static str, Value)> {
@@ -114,7 +103,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str, Value)> {
 async fn malformed_requests_are_400_naming_the_field_at_fault() {
     let gw = TestGateway::start(EMBEDDED_DEFAULT).await;
     for (what, body, code, param) in cases() {
-        let reply = send_raw(&gw, body).await;
+        let reply = post_chat_raw(&gw, body).await;
         assert_eq!(reply.status, 400, "{what}: {}", reply.text);
         assert_eq!(reply.error["type"], "invalid_request_error", "{what}");
         assert_eq!(reply.error["code"], code, "{what}: {}", reply.text);
@@ -126,7 +115,7 @@ async fn malformed_requests_are_400_naming_the_field_at_fault() {
 async fn gateway_still_serves_after_json_bombs() {
     let gw = TestGateway::start(EMBEDDED_DEFAULT).await;
     let array = format!("[{}0]", "0,".repeat(1_000_000));
-    let reply = send_raw(&gw, array.into_bytes()).await;
+    let reply = post_chat_raw(&gw, array.into_bytes()).await;
     assert_eq!(
         reply.status, 400,
         "a million-element array is not a request"

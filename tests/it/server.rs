@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::upstream::completion;
-use crate::support::{client, error_reply, GatewayConfig, TestGateway, Upstream};
+use crate::support::{client, error_reply, post_chat_raw, GatewayConfig, TestGateway, Upstream};
 
 #[tokio::test]
 async fn unknown_route_is_a_json_404() {
@@ -77,14 +77,7 @@ async fn body_over_the_limit_is_a_json_413_with_content_length() {
     let config = GatewayConfig::openai(&upstream.base_url).server("body_limit_bytes", 2048);
     let gw = TestGateway::with(&config).await;
     let body = oversized_body();
-    let response = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let reply = error_reply(response).await;
+    let reply = post_chat_raw(&gw, body).await;
     assert_eq!(reply.status, 413, "{}", reply.text);
     assert_eq!(reply.error["code"], "body_too_large");
     assert!(upstream.seen().is_empty());
@@ -101,14 +94,7 @@ async fn body_over_the_limit_is_a_json_413_when_chunked() {
         .collect();
     // A body from a stream has no Content-Length: it goes chunked.
     let body = reqwest::Body::wrap_stream(futures::stream::iter(pieces));
-    let response = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let reply = error_reply(response).await;
+    let reply = post_chat_raw(&gw, body).await;
     assert_eq!(reply.status, 413, "{}", reply.text);
     assert_eq!(reply.error["code"], "body_too_large");
     assert!(upstream.seen().is_empty());
