@@ -114,8 +114,7 @@ impl Gateway {
                 // Hold the 200 until the upstream has said something real,
                 // so an early failure is still an honest HTTP status.
                 let first_byte_deadline = started + timeouts.first_byte;
-                let mut first_frames = Vec::new();
-                loop {
+                let first_frame = loop {
                     let next = tokio::time::timeout_at(first_byte_deadline.into(), events.next())
                         .await
                         .map_err(|_| {
@@ -130,24 +129,21 @@ impl Gateway {
                         Ok(None) => relay.on_eof(),
                     };
                     match step {
-                        Step::Send(frame) => {
-                            first_frames.push(frame);
-                            break;
-                        }
+                        Step::Send(frame) => break frame,
                         Step::Skip => {}
                         Step::Fail(e) => return Err(e),
                         Step::Done => {
-                            first_frames.push(Bytes::from_static(relay::DONE_FRAME));
                             ctx.record.update(|r| {
                                 r.usage = relay.usage();
                                 r.outcome = Outcome::Completed;
                             });
                             return Ok(ChatOutcome::Stream(
-                                futures::stream::iter(first_frames).boxed(),
+                                futures::stream::iter([Bytes::from_static(relay::DONE_FRAME)])
+                                    .boxed(),
                             ));
                         }
                     }
-                }
+                };
                 let limits = StreamLimits {
                     keepalive: self.keepalive,
                     idle: timeouts.idle,
@@ -155,7 +151,7 @@ impl Gateway {
                 };
                 Ok(ChatOutcome::Stream(relay::relay(
                     relay,
-                    first_frames,
+                    first_frame,
                     events,
                     limits,
                     ctx.clone(),

@@ -230,15 +230,13 @@ fn frame(value: &Value) -> Bytes {
 /// Ends with `[DONE]` on success, or with one error event on failure.
 pub fn relay(
     mut relay: ChunkRelay,
-    first_frames: Vec<Bytes>,
+    first_frame: Bytes,
     mut events: EventStream,
     limits: StreamLimits,
     ctx: RequestContext,
 ) -> BoxStream<'static, Bytes> {
     async_stream::stream! {
-        for f in first_frames {
-            yield f;
-        }
+        yield first_frame;
         let deadline = Instant::now() + limits.max_duration;
         let mut last_event = Instant::now();
         let mut last_write = last_event;
