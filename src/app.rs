@@ -5,9 +5,11 @@
 //!    writes the access-log line when the response body ends;
 //! 2. panic catcher: a panicking handler becomes a 500 envelope;
 //! 3. header limits: too many or too large headers become a JSON 431;
-//! 4. handler (body size is bounded by its `BodyBytes` extractor).
-//!
-//! Auth, rate limits and credits slot in between 3 and 4, in that order.
+//! 4. auth: deny by default; public, user and admin routes are listed in
+//!    `middleware::auth::access_of`;
+//! 5. handler (body size is bounded by its `BodyBytes` extractor). Rate
+//!    limits and the credit hold are the domain's first steps
+//!    (`Gateway::chat`), because they need the parsed request.
 
 use std::any::Any;
 
@@ -20,8 +22,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::gateway::error::GatewayError;
 use crate::http::error::ApiError;
-use crate::http::{chat, health, models};
-use crate::middleware::{limits, request_id};
+use crate::http::{account, admin, chat, health, models};
+use crate::middleware::{auth, limits, request_id};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -29,6 +31,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/chat/completions", post(chat::create))
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/{*id}", get(models::get))
+        .route("/api/v1/key", get(account::key_info))
+        .route("/api/v1/generation", get(account::generation))
+        .route(
+            "/api/v1/keys",
+            post(admin::create_key).get(admin::list_keys),
+        )
+        .route(
+            "/api/v1/keys/{id}",
+            get(admin::get_key)
+                .patch(admin::update_key)
+                .delete(admin::delete_key),
+        )
+        .route("/api/v1/keys/{id}/credits", post(admin::credit_key))
+        .route("/api/v1/credits", get(admin::credits))
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
         .fallback(health::not_found)
@@ -37,7 +53,8 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(from_fn(request_id::layer))
                 .layer(CatchPanicLayer::custom(panic_response))
-                .layer(from_fn_with_state(state.header_limits, limits::layer)),
+                .layer(from_fn_with_state(state.header_limits, limits::layer))
+                .layer(from_fn_with_state(state.accounts.clone(), auth::layer)),
         )
         .with_state(state)
 }

@@ -14,15 +14,23 @@
 //! - `gateway`: the domain: request parsing, model catalog, the chat flow,
 //!   the stream relay, the error vocabulary, the per-request record.
 //! - `providers`: the `Provider` trait, the OpenAI-compatible adapter, the mock.
+//! - `accounts`: API keys (format, authentication, admin operations).
+//! - `billing`: credit holds and settlement; `ratelimit`: per-key limits.
+//! - `store`: persistence behind one trait per concern (SQLite by default).
 //! - `telemetry`: logging setup.
 
+pub mod accounts;
 pub mod app;
+pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod keys_cli;
 pub mod middleware;
 pub mod providers;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod telemetry;

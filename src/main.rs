@@ -4,10 +4,11 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use clap::Parser;
-use mume_gateway::cli::{Cli, Command, ConfigArg, ServeArgs};
+use mume_gateway::cli::{Cli, Command, ConfigArg, KeysArgs, ServeArgs};
+use mume_gateway::providers::Registry;
 use mume_gateway::server::{serve, shutdown_signal, ServerOptions};
 use mume_gateway::state::AppState;
-use mume_gateway::{app, config, telemetry};
+use mume_gateway::{app, config, keys_cli, telemetry};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig(args)) => check_config(&args),
         Some(Command::Serve(args)) => run(args),
+        Some(Command::Keys(args)) => keys(args),
         None => run(cli.serve),
     }
 }
@@ -33,7 +35,7 @@ fn check_config(args: &ConfigArg) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match AppState::build(&config, &env) {
+    match Registry::build(&config, &env) {
         Ok((_, warnings)) => {
             for w in warnings {
                 println!("warning: {}", w.0);
@@ -53,6 +55,40 @@ fn check_config(args: &ConfigArg) -> ExitCode {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn keys(args: KeysArgs) -> ExitCode {
+    let config = match config::load(args.config.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(keys_cli::run(&config, args.action)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(args: ServeArgs) -> ExitCode {
     telemetry::init();
     let mut config = match config::load(args.config.config.as_deref()) {
@@ -65,27 +101,36 @@ fn run(args: ServeArgs) -> ExitCode {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let (state, warnings) = match AppState::build(&config, &env) {
-        Ok(built) => built,
-        Err(e) => {
-            eprintln!("{}: {e}", config.source);
-            return ExitCode::FAILURE;
-        }
-    };
-    for w in warnings {
-        tracing::warn!("{}", w.0);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
+        let (state, warnings) = match AppState::build(&config, &env).await {
+            Ok(built) => built,
+            Err(e) => {
+                eprintln!("{}: {e}", config.source);
+                return ExitCode::FAILURE;
+            }
+        };
+        for w in warnings {
+            tracing::warn!("{}", w.0);
+        }
+        match state.starter_key(config.keys.starter_credit).await {
+            // Shown once, on stderr and not through the log, and never again.
+            Ok(Some(key)) => eprintln!(
+                "\nFirst start: created a starter API key with {} USD of credit (shown only now):\n\n    {}\n\nUse it as the API key, e.g. export OPENAI_API_KEY={} and base_url http://{}/api/v1\n",
+                config::usd_string(config.keys.starter_credit),
+                key.reveal(),
+                key.reveal(),
+                config.server.listen,
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("{}: {e}", config.store.path.display());
+                return ExitCode::FAILURE;
+            }
+        }
         let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -94,7 +139,8 @@ fn run(args: ServeArgs) -> ExitCode {
             }
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(config = %config.source, models = config.models.len(), "mume-gateway listening on http://{addr}/api/v1");
+        tracing::info!(config = %config.source, models = config.models.len(), store = %config.store.path.display(), "mume-gateway listening on http://{addr}/api/v1");
+        state.start_sweeper();
         let options = ServerOptions::from(&config.server);
         let flag = state.shutting_down.clone();
         let router = app::router(state);

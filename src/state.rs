@@ -4,48 +4,119 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::Config;
+use crate::accounts::keys::PlainKey;
+use crate::accounts::{Accounts, AdminSecret, KeySpec};
+use crate::billing::{sweep_forever, Billing};
+use crate::config::{Config, StoreConfig};
 use crate::gateway::catalog::Catalog;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayParts};
 use crate::middleware::limits::HeaderLimits;
 use crate::providers::{ProviderError, ProviderWarning, Registry};
+use crate::ratelimit::{MemoryLimiter, RateLimiter};
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// The environment variable holding the admin secret (never the config file).
+pub const ADMIN_KEY_ENV: &str = "MUME_ADMIN_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub gateway: Arc<Gateway>,
+    pub accounts: Arc<Accounts>,
     pub body_limit: usize,
     pub header_limits: HeaderLimits,
     /// Set when shutdown begins; `/ready` then answers 503.
     pub shutting_down: Arc<AtomicBool>,
+    store_config: StoreConfig,
+}
+
+/// Opens the configured store (creating and migrating it if needed).
+pub async fn open_store(config: &StoreConfig) -> Result<Store, StoreError> {
+    Store::open(&StoreOptions {
+        path: config.path.clone(),
+        busy_timeout: config.busy_timeout,
+    })
+    .await
 }
 
 impl AppState {
     /// `env` looks up environment variables; tests pass their own.
-    pub fn build(
+    pub async fn build(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Self, Vec<ProviderWarning>), ProviderError> {
+    ) -> Result<(Self, Vec<ProviderWarning>), BuildError> {
         let (providers, warnings) = Registry::build(config, env)?;
+        let store = open_store(&config.store).await?;
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let server = &config.server;
-        let gateway = Gateway::new(
-            Catalog::new(&config.models, created),
+        let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryLimiter::default());
+        let billing = Arc::new(Billing::new(
+            store.clone(),
+            limiter.clone(),
+            config.store.hold_ttl,
+        ));
+        let gateway = Gateway::new(GatewayParts {
+            catalog: Catalog::new(&config.models, created),
             providers,
-            server.keepalive_interval,
-            server.max_stream_duration,
-        );
+            limiter,
+            billing,
+            store: store.clone(),
+            keepalive: server.keepalive_interval,
+            max_stream_duration: server.max_stream_duration,
+        });
+        let admin = env(ADMIN_KEY_ENV)
+            .filter(|s| !s.is_empty())
+            .map(|s| AdminSecret::new(&s));
         let state = Self {
             gateway: Arc::new(gateway),
+            accounts: Arc::new(Accounts::new(store, admin)),
             body_limit: server.body_limit_bytes,
             header_limits: HeaderLimits {
                 max_headers: server.max_headers,
                 max_bytes: server.max_header_bytes,
             },
             shutting_down: Arc::default(),
+            store_config: config.store.clone(),
         };
         Ok((state, warnings))
+    }
+
+    /// Starts the background sweeper of expired holds (call inside the
+    /// runtime). It runs once at once, then every `sweep_interval`.
+    pub fn start_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(sweep_forever(
+            self.accounts.store.clone(),
+            self.store_config.sweep_interval,
+        ))
+    }
+
+    /// On first start (no key in the store), creates the starter key.
+    /// Returns it so the caller can show it once.
+    pub async fn starter_key(
+        &self,
+        credit: crate::config::NanoUsd,
+    ) -> Result<Option<PlainKey>, StoreError> {
+        if self.accounts.store.keys.count_keys().await? > 0 {
+            return Ok(None);
+        }
+        let spec = KeySpec {
+            name: "starter".into(),
+            credits: Some(credit),
+            ..Default::default()
+        };
+        match self.accounts.create_key(spec).await {
+            Ok((_, plain)) => Ok(Some(plain)),
+            Err(e) => Err(StoreError::Unavailable(e.message)),
+        }
     }
 }

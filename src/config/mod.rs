@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use money::{parse_usd, per_token_usd_string, NanoUsd};
-use raw::{RawConfig, RawModel, RawProvider, RawServer};
+pub use money::{parse_signed_usd, parse_usd, per_token_usd_string, usd_string, NanoUsd};
+use raw::{RawConfig, RawKeys, RawModel, RawProvider, RawServer, RawStore};
 
 /// The default configuration, compiled into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
@@ -28,6 +28,25 @@ pub struct Config {
     pub server: ServerConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
+    pub store: StoreConfig,
+    pub keys: KeysConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The SQLite database file, created on first start.
+    pub path: std::path::PathBuf,
+    pub busy_timeout: Duration,
+    /// A hold still open this long after it was placed belongs to a
+    /// process that died; the sweeper resolves it.
+    pub hold_ttl: Duration,
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    /// Credit of the key created on first start.
+    pub starter_credit: NanoUsd,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +240,26 @@ impl Checker<'_> {
         }
     }
 
+    /// A USD amount (not a price): "1.00".
+    fn amount(&mut self, key: &str, value: &toml::Value) -> NanoUsd {
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            _ => {
+                self.report(
+                    key,
+                    "must be a string",
+                    "write USD as a string, e.g. \"1.00\"",
+                );
+                return 0;
+            }
+        };
+        parse_usd(&text).unwrap_or_else(|e| {
+            self.report(key, e, "write USD, e.g. \"1.00\"");
+            0
+        })
+    }
+
     fn price(&mut self, key: &str, value: Option<&toml::Value>) -> NanoUsd {
         let text = match value {
             None => return 0,
@@ -281,12 +320,79 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
             );
         }
     }
+    let store = validate_store(&raw.store, &server, &providers, &mut check);
+    let keys = validate_keys(&raw.keys, &mut check);
     Config {
         source: source_name.to_string(),
         server,
         providers,
         models,
+        store,
+        keys,
     }
+}
+
+fn validate_store(
+    raw: &RawStore,
+    server: &ServerConfig,
+    providers: &[ProviderConfig],
+    check: &mut Checker<'_>,
+) -> StoreConfig {
+    let path = raw.path.clone().unwrap_or_else(|| "mume-gateway.db".into());
+    if path.trim().is_empty() {
+        check.report(
+            "store.path",
+            "is empty",
+            "set a file path such as \"mume-gateway.db\"",
+        );
+    }
+    let store = StoreConfig {
+        path: path.into(),
+        busy_timeout: check.duration(
+            "store.busy_timeout",
+            raw.busy_timeout.as_deref(),
+            Duration::from_secs(2),
+        ),
+        hold_ttl: check.duration(
+            "store.hold_ttl",
+            raw.hold_ttl.as_deref(),
+            Duration::from_secs(40 * 60),
+        ),
+        sweep_interval: check.duration(
+            "store.sweep_interval",
+            raw.sweep_interval.as_deref(),
+            Duration::from_secs(15),
+        ),
+    };
+    // A hold must outlive the longest request, or the sweeper would settle
+    // a request that is still running.
+    let first_byte = providers
+        .iter()
+        .map(|p| p.timeouts.first_byte)
+        .max()
+        .unwrap_or_default();
+    let total = providers
+        .iter()
+        .map(|p| p.timeouts.total)
+        .max()
+        .unwrap_or_default();
+    let longest = (server.max_stream_duration + first_byte).max(total);
+    if store.hold_ttl <= longest {
+        check.report(
+            "store.hold_ttl",
+            format!("{:?} is not longer than the longest request ({longest:?}: max_stream_duration + first_byte_timeout, or total_timeout)", store.hold_ttl),
+            "raise hold_ttl, or lower those limits",
+        );
+    }
+    store
+}
+
+fn validate_keys(raw: &RawKeys, check: &mut Checker<'_>) -> KeysConfig {
+    let starter_credit = match &raw.starter_credit {
+        None => 1_000_000_000,
+        Some(value) => check.amount("keys.starter_credit", value),
+    };
+    KeysConfig { starter_credit }
 }
 
 fn validate_server(raw: &RawServer, check: &mut Checker<'_>) -> ServerConfig {
@@ -527,10 +633,19 @@ fn validate_model(
             "remove them or set a positive number",
         );
     }
+    let prompt_price = check.price(&at("prompt_price"), raw.prompt_price.as_ref());
+    let completion_price = check.price(&at("completion_price"), raw.completion_price.as_ref());
+    if completion_price > 0 && max_output_tokens.is_none() && raw.context_length.is_none() {
+        check.report(
+            at("max_output_tokens"),
+            "a priced model needs a cap on output tokens: credit holds are sized by it",
+            "set max_output_tokens (or context_length)",
+        );
+    }
     Some(ModelConfig {
         name: raw.name.clone().unwrap_or_else(|| id.clone()),
-        prompt_price: check.price(&at("prompt_price"), raw.prompt_price.as_ref()),
-        completion_price: check.price(&at("completion_price"), raw.completion_price.as_ref()),
+        prompt_price,
+        completion_price,
         context_length: raw.context_length,
         max_output_tokens,
         id,

@@ -53,6 +53,28 @@ pub fn per_token_usd_string(nano_per_million: NanoUsd) -> String {
     format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
+/// Renders nano-USD as an exact decimal USD amount ("0.000123", "-1.5",
+/// "0"): valid both as a JSON number and as a string for people.
+pub fn usd_string(nano: NanoUsd) -> String {
+    let sign = if nano < 0 { "-" } else { "" };
+    let abs = nano.unsigned_abs();
+    let whole = abs / NANOS_PER_USD as u64;
+    let frac = abs % NANOS_PER_USD as u64;
+    if frac == 0 {
+        return format!("{sign}{whole}");
+    }
+    let frac = format!("{frac:09}");
+    format!("{sign}{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// Parses a signed decimal USD amount (an adjustment may be negative).
+pub fn parse_signed_usd(text: &str) -> Result<NanoUsd, String> {
+    match text.trim().strip_prefix('-') {
+        Some(rest) => parse_usd(rest).map(|n| -n),
+        None => parse_usd(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +115,15 @@ mod tests {
         assert_eq!(per_token_usd_string(1_600_000_000), "0.0000016");
         assert_eq!(per_token_usd_string(0), "0");
         assert_eq!(per_token_usd_string(75_000_000), "0.000000075");
+    }
+
+    #[test]
+    fn usd_strings_are_exact_and_signed() {
+        assert_eq!(usd_string(0), "0");
+        assert_eq!(usd_string(123), "0.000000123");
+        assert_eq!(usd_string(-1_500_000_000), "-1.5");
+        assert_eq!(usd_string(i64::MIN), "-9223372036.854775808");
+        assert_eq!(parse_signed_usd("-0.25"), Ok(-250_000_000));
+        assert_eq!(parse_signed_usd("2"), Ok(2_000_000_000));
     }
 }

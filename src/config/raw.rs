@@ -14,6 +14,23 @@ pub struct RawConfig {
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub keys: RawKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawStore {
+    pub path: Option<String>,
+    pub busy_timeout: Option<String>,
+    pub hold_ttl: Option<String>,
+    pub sweep_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawKeys {
+    pub starter_credit: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,7 +19,9 @@ pub enum ErrorKind {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    Conflict,
     PayloadTooLarge,
+    Unprocessable,
     RateLimited,
     HeadersTooLarge,
     Internal,
@@ -27,6 +29,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The HTTP status of this row of the error table: the one mapping,
+    /// used by the HTTP layer and by the usage log alike.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::InsufficientCredits => 402,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::Conflict => 409,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Unprocessable => 422,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::HeadersTooLarge => 431,
+            ErrorKind::Internal => 500,
+            ErrorKind::Unavailable => 503,
+        }
+    }
+
     /// The `error.type` string of the envelope. Chosen once; the README's
     /// error table documents the vocabulary.
     pub fn type_str(self) -> &'static str {
@@ -34,6 +56,8 @@ impl ErrorKind {
             ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
+            | ErrorKind::Conflict
+            | ErrorKind::Unprocessable
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",

@@ -77,34 +77,52 @@ impl<'a> RawObject<'a> {
     /// `value` (added at the end if absent). Other members are copied as
     /// they came.
     pub fn to_vec_with_string(&self, key: &str, value: &str) -> Vec<u8> {
+        let mut encoded = Vec::with_capacity(value.len() + 2);
+        write_string(&mut encoded, value);
+        let encoded = String::from_utf8(encoded).expect("JSON text is UTF-8");
+        self.to_vec_with(&[(key, &encoded)])
+    }
+
+    /// Writes the object back out with each `(key, json_text)` member set to
+    /// that raw JSON text (added at the end, in order, if absent). Other
+    /// members are copied as they came. `json_text` must be valid JSON.
+    pub fn to_vec_with(&self, edits: &[(&str, &str)]) -> Vec<u8> {
         let size: usize = self
             .members
             .iter()
             .map(|(k, v)| k.0.len() + v.get().len() + 4)
-            .sum();
-        let mut out = Vec::with_capacity(size + value.len() + key.len() + 8);
+            .sum::<usize>()
+            + edits
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(size + 2);
         out.push(b'{');
-        let mut replaced = false;
+        let mut applied = vec![false; edits.len()];
         for (k, v) in &self.members {
             if out.len() > 1 {
                 out.push(b',');
             }
             write_string(&mut out, &k.0);
             out.push(b':');
-            if k.0 == key {
-                write_string(&mut out, value);
-                replaced = true;
-            } else {
-                out.extend_from_slice(v.get().as_bytes());
+            match edits.iter().position(|(key, _)| *key == k.0) {
+                Some(i) => {
+                    out.extend_from_slice(edits[i].1.as_bytes());
+                    applied[i] = true;
+                }
+                None => out.extend_from_slice(v.get().as_bytes()),
             }
         }
-        if !replaced {
+        for ((key, value), done) in edits.iter().zip(applied) {
+            if done {
+                continue;
+            }
             if out.len() > 1 {
                 out.push(b',');
             }
             write_string(&mut out, key);
             out.push(b':');
-            write_string(&mut out, value);
+            out.extend_from_slice(value.as_bytes());
         }
         out.push(b'}');
         out
@@ -142,6 +160,13 @@ mod tests {
                 .to_vec_with_string("model", "m")
                 == br#"{"model":"m"}"#
         );
+    }
+
+    #[test]
+    fn sets_raw_members_in_place_or_at_the_end() {
+        let obj = RawObject::parse(br#"{"usage":{"a":1},"x":2}"#).unwrap();
+        let out = obj.to_vec_with(&[("x", "0.000000123"), ("cost", "{}")]);
+        assert_eq!(out, br#"{"usage":{"a":1},"x":0.000000123,"cost":{}}"#);
     }
 
     #[test]

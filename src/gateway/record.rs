@@ -1,9 +1,11 @@
 //! What one request did, filled in as it runs and read once when its
-//! response ends: the access log line today, the usage record tomorrow.
+//! response ends: the access-log line and the response's rate-limit headers.
 
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+
+use crate::ratelimit::LimitStatus;
 
 /// Token counts reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,6 +41,12 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Default)]
 pub struct RecordFields {
+    /// The public id of the API key that made the request.
+    pub key_id: Option<String>,
+    /// The key's rate-limit state, for the `x-ratelimit-*` headers.
+    pub rate_limits: Option<LimitStatus>,
+    /// The answer was a stored one replayed for an `Idempotency-Key`.
+    pub replayed: bool,
     pub model: Option<String>,
     pub provider: Option<String>,
     pub usage: Option<Usage>,

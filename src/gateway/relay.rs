@@ -18,8 +18,11 @@ use serde_json::{json, Map, Value};
 use tokio::time::{sleep_until, Instant};
 
 use super::error::GatewayError;
+use super::json::RawObject;
 use super::record::{Outcome, RequestContext, Usage};
 use super::upstream_error;
+use crate::billing::{Charge, Pricing};
+use crate::config::usd_string;
 use crate::providers::{EventStream, ProviderError};
 
 pub const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
@@ -95,6 +98,62 @@ pub struct ChunkRelay {
     created: Option<Value>,
     usage: Option<Usage>,
     tool_calls: Vec<ToolCalls>,
+    /// Prices the usage chunk's `cost`.
+    pricing: Pricing,
+    /// Text delivered so far (content, refusal, tool arguments): bytes, and
+    /// chunks that carried any.
+    delivered: Delivered,
+}
+
+/// Generated text counted as it passes, to estimate tokens when the
+/// upstream reports no usage.
+#[derive(Debug, Default, Clone, Copy)]
+struct Delivered {
+    bytes: u64,
+    pieces: u64,
+}
+
+impl Delivered {
+    fn add_choice(&mut self, part: &Value) {
+        let mut bytes = 0;
+        for field in ["content", "refusal", "reasoning_content", "reasoning"] {
+            if let Some(Value::String(text)) = part.get(field) {
+                bytes += text.len() as u64;
+            }
+        }
+        if let Some(Value::Array(calls)) = part.get("tool_calls") {
+            for call in calls {
+                if let Some(Value::String(args)) = call.pointer("/function/arguments") {
+                    bytes += args.len() as u64;
+                }
+                if let Some(Value::String(name)) = call.pointer("/function/name") {
+                    bytes += name.len() as u64;
+                }
+            }
+        }
+        if bytes > 0 {
+            self.bytes += bytes;
+            self.pieces += 1;
+        }
+    }
+
+    /// At least one token per piece of text, and at least one per 4 bytes.
+    fn tokens(&self) -> u64 {
+        self.pieces.max(self.bytes.div_ceil(4))
+    }
+}
+
+/// Completion tokens in a complete response's `choices`, estimated.
+pub fn estimate_delivered(choices: &Value) -> u64 {
+    let mut delivered = Delivered::default();
+    if let Value::Array(choices) = choices {
+        for choice in choices {
+            if let Some(message) = choice.get("message") {
+                delivered.add_choice(message);
+            }
+        }
+    }
+    delivered.tokens()
 }
 
 impl ChunkRelay {
@@ -108,11 +167,28 @@ impl ChunkRelay {
             created: None,
             usage: None,
             tool_calls: Vec::new(),
+            pricing: Pricing {
+                prompt: 0,
+                completion: 0,
+                cap: None,
+            },
+            delivered: Delivered::default(),
         }
+    }
+
+    /// Sets the prices the usage chunk's `cost` is computed from.
+    pub fn priced(mut self, pricing: Pricing) -> Self {
+        self.pricing = pricing;
+        self
     }
 
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// Completion tokens delivered so far, estimated from the text.
+    pub fn delivered_tokens(&self) -> u64 {
+        self.delivered.tokens()
     }
 
     pub fn on_event(&mut self, data: &str) -> Step {
@@ -164,12 +240,25 @@ impl ChunkRelay {
             chunk.remove("usage");
         }
         chunk.insert("model".into(), Value::String(self.public_model.to_string()));
-        Step::Send(frame(&Value::Object(chunk)))
+        match (chunk.remove("usage"), self.usage) {
+            (Some(usage @ Value::Object(_)), Some(counted)) => {
+                let cost = usd_string(self.pricing.cost(&counted));
+                Step::Send(frame_with_usage(chunk, &usage, &cost))
+            }
+            (Some(other), _) => {
+                chunk.insert("usage".into(), other);
+                Step::Send(frame(&Value::Object(chunk)))
+            }
+            (None, _) => Step::Send(frame(&Value::Object(chunk))),
+        }
     }
 
     fn inspect_choice(&mut self, choice: &mut Value) {
         if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
             self.finished = true;
+        }
+        if let Some(delta) = choice.get("delta") {
+            self.delivered.add_choice(delta);
         }
         let slot = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
         // The index comes from the upstream: never let it size an allocation.
@@ -218,6 +307,25 @@ impl ChunkRelay {
     }
 }
 
+/// A chunk frame whose `usage` (last) carries `cost`, written as an exact
+/// decimal rather than through a float.
+fn frame_with_usage(chunk: Map<String, Value>, usage: &Value, cost: &str) -> Bytes {
+    let usage = serde_json::to_vec(usage).expect("a JSON value always serializes");
+    let chunk = serde_json::to_vec(&chunk).expect("a JSON value always serializes");
+    let with_cost = RawObject::parse(&usage)
+        .expect("serialized from an object")
+        .to_vec_with(&[("cost", cost)]);
+    let with_cost = std::str::from_utf8(&with_cost).expect("JSON is UTF-8");
+    let body = RawObject::parse(&chunk)
+        .expect("serialized from an object")
+        .to_vec_with(&[("usage", with_cost)]);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\n\n");
+    out.into()
+}
+
 fn frame(value: &Value) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
@@ -227,15 +335,21 @@ fn frame(value: &Value) -> Bytes {
 }
 
 /// Relays the rest of an upstream stream after its first frame was sent.
-/// Ends with `[DONE]` on success, or with one error event on failure.
+/// Ends with `[DONE]` on success, or with one error event on failure; the
+/// charge is settled before that last frame goes out. If the client leaves
+/// first, dropping the stream drops the charge, which settles from what
+/// had been delivered.
 pub fn relay(
     mut relay: ChunkRelay,
     first_frame: Bytes,
     mut events: EventStream,
     limits: StreamLimits,
     ctx: RequestContext,
+    mut charge: Charge,
 ) -> BoxStream<'static, Bytes> {
     async_stream::stream! {
+        charge.set_usage(relay.usage());
+        charge.set_delivered(relay.delivered_tokens());
         yield first_frame;
         let deadline = Instant::now() + limits.max_duration;
         let mut last_event = Instant::now();
@@ -254,10 +368,12 @@ pub fn relay(
                     };
                     match step {
                         Step::Send(bytes) => {
+                            charge.set_usage(relay.usage());
+                            charge.set_delivered(relay.delivered_tokens());
                             last_write = last_event;
                             yield bytes;
                         }
-                        Step::Skip => {}
+                        Step::Skip => charge.set_usage(relay.usage()),
                         done_or_failed => break done_or_failed,
                     }
                 }
@@ -283,17 +399,37 @@ pub fn relay(
         // Stop reading upstream before the last frame goes out.
         drop(events);
         let usage = relay.usage();
+        charge.set_usage(usage);
+        charge.set_delivered(relay.delivered_tokens());
         match step {
             Step::Fail(error) => {
                 ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Failed(error.code); });
                 tracing::warn!(request_id = %ctx.request_id, code = error.code, detail = ?error.detail, "stream failed: {}", error.message);
+                charge.finish(200, error.code, None).await;
                 yield relay.error_frame(&error, &ctx.request_id);
             }
             _ => {
                 ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });
+                charge.finish(200, "ok", None).await;
                 yield Bytes::from_static(DONE_FRAME);
             }
         }
+    }
+    .boxed()
+}
+
+/// A stream whose upstream finished before sending anything to relay.
+pub fn finished(
+    relay: ChunkRelay,
+    ctx: RequestContext,
+    mut charge: Charge,
+) -> BoxStream<'static, Bytes> {
+    async_stream::stream! {
+        let usage = relay.usage();
+        charge.set_usage(usage);
+        ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });
+        charge.finish(200, "ok", None).await;
+        yield Bytes::from_static(DONE_FRAME);
     }
     .boxed()
 }

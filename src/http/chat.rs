@@ -3,23 +3,55 @@
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use super::error::ApiError;
 use super::extract::BodyBytes;
 use super::sse;
+use crate::gateway::error::GatewayError;
 use crate::gateway::record::RequestContext;
-use crate::gateway::ChatOutcome;
+use crate::gateway::{Caller, ChatOutcome};
+use crate::middleware::auth::AuthedKey;
 use crate::state::AppState;
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 pub async fn create(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
+    Extension(AuthedKey(key)): Extension<AuthedKey>,
+    headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    Ok(match state.gateway.chat(&body, &ctx).await? {
+    let caller = Caller {
+        key,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    Ok(match state.gateway.chat(&body, &ctx, &caller).await? {
         ChatOutcome::Complete(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
         ChatOutcome::Stream(frames) => sse::response(frames),
     })
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(v)
+            if !v.is_empty()
+                && v.len() <= MAX_IDEMPOTENCY_KEY
+                && v.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(v.to_string()))
+        }
+        _ => Err(GatewayError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters, e.g. a UUID.",
+            None,
+        )),
+    }
 }

@@ -1,5 +1,5 @@
-//! The HTTP edge of errors: the one `match` from error kind to status, and
-//! the one function that writes the JSON envelope.
+//! The HTTP edge of errors: error kind to status (`ErrorKind::status` is
+//! the one table), and the one function that writes the JSON envelope.
 //!
 //! `ApiError::into_response` only sets the status and headers and attaches
 //! the `GatewayError` to the response; the request-id middleware, which
@@ -25,19 +25,7 @@ impl From<GatewayError> for ApiError {
 }
 
 pub fn status_of(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorKind::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
-        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-    }
+    StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl IntoResponse for ApiError {

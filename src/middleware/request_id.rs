@@ -2,7 +2,8 @@
 //! accepted from the client when sane, else `req_<ulid>`), renders error
 //! envelopes with that id, and writes the request's one access-log line
 //! when its response body ends: for a stream, when the stream ends or the
-//! client goes away.
+//! client goes away. It also writes the `x-ratelimit-*` headers the domain
+//! recorded.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -53,6 +54,12 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&ctx.request_id) {
         response.headers_mut().insert(HEADER, value);
     }
+    let limits = ctx.record.snapshot().rate_limits;
+    for (name, value) in limits.iter().flat_map(|l| l.headers()) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
     let line = AccessLine {
         ctx,
         method,
@@ -96,6 +103,7 @@ impl AccessLine {
             path = %self.path,
             status = self.status,
             latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            key = r.key_id.as_deref().unwrap_or("-"),
             model = r.model.as_deref().unwrap_or("-"),
             provider = r.provider.as_deref().unwrap_or("-"),
             prompt_tokens = usage.prompt_tokens,

@@ -1,6 +1,7 @@
 //! The binary: `check-config` reports every problem, `serve` refuses a bad
-//! config with the same words, and the JSON logs carry the access fields
-//! and never a provider key.
+//! config with the same words, the JSON logs carry the access fields, and
+//! no secret (gateway key, admin key, provider key) ever shows up in the
+//! logs, the error bodies or the store (SEC-01, SEC-02).
 
 use std::fs;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
 use crate::support::upstream::completion;
-use crate::support::{client, request_id, Upstream};
+use crate::support::{anonymous, request_id, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mume-gateway");
 
@@ -57,6 +58,7 @@ fn gateway_command() -> Command {
         "MUME_LISTEN",
         "MUME_LOG",
         "MUME_LOG_FORMAT",
+        "MUME_ADMIN_KEY",
         "RUST_LOG",
     ] {
         command.env_remove(var);
@@ -145,9 +147,18 @@ impl Drop for Running {
 }
 
 const CANARY: &str = "sk-canary-SECRET-123456789";
+const ADMIN: &str = "mume-admin-SECRET-987654321";
+
+/// Every 12-character run of `secret` that occurs in `haystack`.
+fn leaked<'a>(secret: &'a str, haystack: &str) -> Vec<&'a str> {
+    (0..=secret.len().saturating_sub(12))
+        .map(|i| &secret[i..i + 12])
+        .filter(|run| haystack.contains(run))
+        .collect()
+}
 
 #[tokio::test]
-async fn json_logs_have_access_fields_and_never_the_provider_key() {
+async fn json_logs_have_access_fields_and_no_secret_is_ever_written_anywhere() {
     // The upstream answers `m-upstream`, and refuses `m-denied` quoting
     // the key it was sent, as some servers do.
     let upstream = Upstream::start(|request| async move {
@@ -164,6 +175,7 @@ async fn json_logs_have_access_fields_and_never_the_provider_key() {
         axum::Json(completion("logged")).into_response()
     })
     .await;
+    let store_dir = tempfile::tempdir().unwrap();
     let config = TempFile::new(
         "logs.toml",
         &format!(
@@ -188,8 +200,12 @@ upstream = "m-upstream"
 [[models]]
 id = "up/denied"
 upstream = "m-denied"
+
+[store]
+path = "{}"
 "#,
-            upstream.base_url
+            upstream.base_url,
+            store_dir.path().join("sec.db").display()
         ),
     );
     let stdout = TempFile::new("logs.stdout", "");
@@ -208,6 +224,7 @@ upstream = "m-denied"
             .env("MUME_LOG_FORMAT", "json")
             .env("MUME_LOG", "trace")
             .env("OPENAI_API_KEY", CANARY)
+            .env("MUME_ADMIN_KEY", ADMIN)
             .stdout(fs::File::create(&stdout.0).unwrap())
             .stderr(fs::File::create(&stderr.0).unwrap())
             .spawn()
@@ -216,7 +233,7 @@ upstream = "m-denied"
     let base = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     loop {
-        if let Ok(r) = client().get(format!("{base}/health")).send().await {
+        if let Ok(r) = anonymous().get(format!("{base}/health")).send().await {
             if r.status() == 200 {
                 break;
             }
@@ -229,9 +246,33 @@ upstream = "m-denied"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // First start: the starter key is shown once on stderr.
+    let banner = fs::read_to_string(&stderr.0).unwrap();
+    let starter = banner
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sk-mume-"))
+        .unwrap_or_else(|| panic!("no starter key on stderr:\n{banner}"))
+        .to_string();
+    let created: Value = anonymous()
+        .post(format!("{base}/api/v1/keys"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "second", "credits": "1.00"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = created["key"]
+        .as_str()
+        .expect("the new key, once")
+        .to_string();
+
     let chat = |model: &str, stream: bool| {
-        client()
+        anonymous()
             .post(format!("{base}/api/v1/chat/completions"))
+            .bearer_auth(&starter)
             .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi there"}], "stream": stream}))
             .send()
     };
@@ -254,7 +295,41 @@ upstream = "m-denied"
         assert!(!body.contains(CANARY), "the key reached a client: {body}");
         expected.push((id, status));
     }
-    let missing = client().get(format!("{base}/nope")).send().await.unwrap();
+    // Wrong credentials of every kind, on user and admin routes.
+    let mut typo = second.clone();
+    typo.replace_range(20..21, if &second[20..21] == "a" { "b" } else { "a" });
+    let attempts = [
+        ("/api/v1/chat/completions", typo.as_str(), 401),
+        ("/api/v1/chat/completions", ADMIN, 401),
+        ("/api/v1/keys", second.as_str(), 403),
+        ("/api/v1/keys", "mume-admin-WRONG-987654321", 401),
+        ("/api/v1/key", second.as_str(), 200),
+    ];
+    for (path, token, status) in attempts {
+        let response = anonymous()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let id = request_id(response.headers());
+        let got = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(got, status, "{path}: {body}");
+        for secret in [CANARY, ADMIN, &starter, &second, &typo] {
+            assert!(
+                leaked(secret, &body).is_empty(),
+                "{path} echoed a secret: {body}"
+            );
+        }
+        expected.push((id, got));
+    }
+    let missing = anonymous()
+        .get(format!("{base}/nope"))
+        .bearer_auth(&starter)
+        .send()
+        .await
+        .unwrap();
     expected.push((request_id(missing.headers()), 404));
 
     // Wait until every access line is written, then stop the process.
@@ -273,15 +348,22 @@ upstream = "m-denied"
 
     let out = fs::read_to_string(&stdout.0).unwrap();
     let err = fs::read_to_string(&stderr.0).unwrap();
-    let leaks: Vec<&str> = out
-        .lines()
-        .chain(err.lines())
-        .filter(|l| l.contains(&CANARY[..12]))
-        .collect();
-    assert!(
-        leaks.is_empty(),
-        "the provider key is in the output:\n{leaks:#?}"
-    );
+    // The banner is the one place the starter key is shown; nothing else
+    // on stderr or in the log may hold a run of any secret.
+    let err_rest = err.replace(&starter, "");
+    let mut stored = String::new();
+    for entry in fs::read_dir(store_dir.path()).unwrap() {
+        stored.push_str(&String::from_utf8_lossy(
+            &fs::read(entry.unwrap().path()).unwrap(),
+        ));
+    }
+    assert!(!stored.is_empty(), "the store was written");
+    for secret in [CANARY, ADMIN, &starter, &second, &typo] {
+        for (place, text) in [("log", &out), ("stderr", &err_rest), ("store", &stored)] {
+            let runs = leaked(secret, text);
+            assert!(runs.is_empty(), "{place} holds part of a secret: {runs:?}");
+        }
+    }
 
     let lines: Vec<Value> = out
         .lines()

@@ -21,7 +21,8 @@ async fn raw_post(gw: &TestGateway, body: &Value) -> TcpStream {
     let body = body.to_string();
     let mut socket = TcpStream::connect(gw.addr).await.unwrap();
     let request = format!(
-        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        crate::support::test_key().reveal(),
         body.len()
     );
     socket.write_all(request.as_bytes()).await.unwrap();

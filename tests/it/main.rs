@@ -4,10 +4,15 @@
 
 mod support;
 
+mod admin;
 mod cli;
+mod credits;
 mod disconnect;
 mod errors;
+mod idempotency;
 mod input;
+mod keys;
+mod limits;
 mod mock;
 mod models;
 mod passthrough;

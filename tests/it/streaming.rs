@@ -92,7 +92,7 @@ async fn usage_chunk_is_dropped_unless_the_client_asked_for_it() {
     assert_eq!(usage.len(), 1, "{frames:#?}");
     assert_eq!(
         usage[0]["usage"],
-        json!({"prompt_tokens": 11, "completion_tokens": 1, "total_tokens": 12})
+        json!({"prompt_tokens": 11, "completion_tokens": 1, "total_tokens": 12, "cost": 0})
     );
     assert_eq!(usage[0]["model"], "up/m");
 }

@@ -36,7 +36,20 @@ fi
 log "installing the Node SDK (npm ci)"
 (cd "$SDK_DIR/node" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
 
+WORK_DIR="$(mktemp -d)"
+# The suite's own store, in the scratch directory.
+RUN_CONFIG="$WORK_DIR/gateway.toml"
+cp "$CONFIG" "$RUN_CONFIG"
+printf '\n[store]\npath = "%s"\n' "$WORK_DIR/sdk.db" >>"$RUN_CONFIG"
+CONFIG="$RUN_CONFIG"
+
 "$MUME_BIN" check-config --config "$CONFIG" >&2
+
+# Keys, made with the CLI the README documents: an unlimited one for the
+# suites, and one without credit to see the SDKs' handling of 402.
+MUME_API_KEY="$("$MUME_BIN" keys create --config "$CONFIG" --name sdk-suite)"
+MUME_POOR_KEY="$("$MUME_BIN" keys create --config "$CONFIG" --name sdk-poor --credits 0)"
+export MUME_API_KEY MUME_POOR_KEY
 
 # --- gateway ------------------------------------------------------------------
 # Local requests must never go through a proxy configured for the machine.
@@ -50,7 +63,6 @@ print(s.getsockname()[1])
 s.close()')"
 BASE="http://127.0.0.1:$PORT"
 
-WORK_DIR="$(mktemp -d)"
 GW_LOG="$WORK_DIR/gateway.log"
 GW_PID=""
 

@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use mume_gateway::accounts::keys::PlainKey;
+use mume_gateway::accounts::KeySpec;
 use mume_gateway::server::{serve, ServerOptions};
 use mume_gateway::state::AppState;
+use mume_gateway::store::{KeyRecord, NewKey, Store};
 use mume_gateway::{app, config};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -18,10 +21,21 @@ use tokio::task::JoinHandle;
 pub const UP_KEY_ENV: &str = "UP_KEY";
 pub const UP_KEY: &str = "sk-up-canary-4f9a1c2e7b8d";
 
+/// The unlimited key every test gateway starts with; `support::client()`
+/// sends it by default.
+pub fn test_key() -> PlainKey {
+    PlainKey::from_parts("TestKey0", "abcdefghijklmnopqrstuvwxyz0123456")
+}
+
 pub struct TestGateway {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// The gateway's store, for tests that look at money directly.
+    pub store: Store,
+    pub state: AppState,
+    /// Holds the store's directory for as long as the gateway lives.
+    _dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<()>>,
 }
@@ -44,13 +58,40 @@ impl TestGateway {
     }
 
     pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Self {
-        let config = config::parse(toml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = config::parse(toml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
+        if config.store.path.is_relative() {
+            config.store.path = dir.path().join(&config.store.path);
+        }
         let env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let (state, _warnings) = AppState::build(&config, &|name| env.get(name).cloned())
+            .await
             .unwrap_or_else(|e| panic!("gateway state: {e}"));
+        let store = state.accounts.store.clone();
+        let key = test_key();
+        store
+            .keys
+            .insert_key(NewKey {
+                record: KeyRecord {
+                    id: key.id().to_string(),
+                    name: "tests".into(),
+                    display: key.display(),
+                    created_at: 0,
+                    disabled: false,
+                    expires_at: None,
+                    balance: None,
+                    limits: Default::default(),
+                    models: Vec::new(),
+                    metadata: serde_json::json!({}),
+                },
+                hash: key.hash(),
+            })
+            .await
+            .expect("test key");
+        let app_state = state.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let options = ServerOptions::from(&config.server);
@@ -65,9 +106,53 @@ impl TestGateway {
         Self {
             addr,
             base: format!("http://{addr}"),
+            store,
+            state: app_state,
+            _dir: dir,
             shutdown: Some(tx),
             served: Some(served),
         }
+    }
+
+    /// Creates a key through the same code the admin API uses; returns
+    /// its id and plaintext.
+    pub async fn key(&self, spec: KeySpec) -> (String, String) {
+        let (record, plain) = self
+            .state
+            .accounts
+            .create_key(spec)
+            .await
+            .expect("create a key");
+        (record.id, plain.reveal().to_string())
+    }
+
+    /// A key's available balance (nano-USD).
+    pub async fn balance(&self, id: &str) -> i64 {
+        let key = self.store.keys.key_by_id(id).await.unwrap().expect("key");
+        key.balance.expect("a limited key")
+    }
+
+    /// Holds currently open, across keys.
+    pub async fn active_holds(&self) -> u64 {
+        self.store.credits.totals().await.unwrap().active_holds
+    }
+
+    /// Waits (bounded) until no hold is open.
+    pub async fn holds_drain(&self) {
+        let started = std::time::Instant::now();
+        while self.active_holds().await > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "holds still open after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The sum of a key's ledger amounts (equals its balance change).
+    pub async fn ledger_sum(&self, id: &str) -> i64 {
+        let rows = self.store.credits.ledger(id).await.unwrap();
+        rows.iter().map(|r| r.amount).sum()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -112,6 +197,7 @@ impl Drop for TestGateway {
 pub struct GatewayConfig {
     server: toml::Table,
     provider: toml::Table,
+    model: toml::Table,
 }
 
 impl GatewayConfig {
@@ -131,7 +217,20 @@ impl GatewayConfig {
         ] {
             provider.insert(k.into(), v.into());
         }
-        Self { server, provider }
+        let mut model = toml::Table::new();
+        model.insert("id".into(), "up/m".into());
+        model.insert("upstream".into(), "m-upstream".into());
+        Self {
+            server,
+            provider,
+            model,
+        }
+    }
+
+    /// Sets a key of the model table (`up/m`), e.g. its prices.
+    pub fn model(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.model.insert(key.into(), value.into());
+        self
     }
 
     /// Sets a `[server]` key.
@@ -147,9 +246,7 @@ impl GatewayConfig {
     }
 
     pub fn toml(&self) -> String {
-        let mut model = toml::Table::new();
-        model.insert("id".into(), "up/m".into());
-        model.insert("upstream".into(), "m-upstream".into());
+        let model = self.model.clone();
         let mut root = toml::Table::new();
         root.insert("server".into(), self.server.clone().into());
         root.insert(

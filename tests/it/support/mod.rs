@@ -13,14 +13,43 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-pub use gateway::{GatewayConfig, TestGateway, UP_KEY};
+pub use gateway::{test_key, GatewayConfig, TestGateway, UP_KEY};
 pub use upstream::{DropSignal, Play, RawUpstream, Upstream};
 
 /// Upper bound for anything a test waits on; generous for a noisy box.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
-/// A test client: no proxies, and never waits forever.
+/// A test client: no proxies, never waits forever, and sends the test
+/// gateway's unlimited key.
 pub fn client() -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    let auth = format!("Bearer {}", test_key().reveal());
+    headers.insert("authorization", auth.parse().expect("header value"));
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("test client")
+}
+
+/// A test client that sends `key`.
+pub fn keyed(key: &str) -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("test client")
+}
+
+/// A test client that sends no key.
+pub fn anonymous() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

@@ -149,7 +149,7 @@ impl Drop for Upstream {
     }
 }
 
-fn respond(status: u16, headers: &[(String, String)], body: Body) -> Response {
+pub fn respond(status: u16, headers: &[(String, String)], body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::from_u16(status).expect("status");
     for (k, v) in headers {

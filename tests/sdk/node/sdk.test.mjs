@@ -21,7 +21,9 @@ if (!BASE_URL) {
   throw new Error("MUME_BASE_URL is not set: run the suite through tests/sdk/run.sh");
 }
 // There is no API-key auth yet; the SDK only insists that some key is set.
-const API_KEY = process.env.MUME_API_KEY ?? "sk-mume-sdk-test";
+// Created by run.sh with `mume-gateway keys create`.
+const API_KEY = process.env.MUME_API_KEY ?? "";
+const POOR_KEY = process.env.MUME_POOR_KEY ?? "";
 
 const ECHO = "mock/echo";
 const CUT = "mock/cut";
@@ -414,4 +416,26 @@ test("snippet: standard_errors.mjs prints API error: 503", () => {
   const out = runSnippet("standard_errors.mjs");
   assert.ok(out.includes("API error: 503"), out);
   assert.ok(!out.includes("Hello!"), out);
+});
+
+test("a bad key is an AuthenticationError", async () => {
+  const c = new OpenAI({ apiKey: "sk-mume-not-a-real-key", baseURL: BASE_URL, maxRetries: 0 });
+  await assert.rejects(
+    c.chat.completions.create({ model: "mock/echo", messages: [{ role: "user", content: "hi" }] }),
+    (err) => err instanceof OpenAI.AuthenticationError && err.status === 401 && err.error?.code === "malformed_api_key",
+  );
+});
+
+test("a key without credit gets one 402 and no retries", async () => {
+  let attempts = 0;
+  const counting = async (url, init) => {
+    attempts += 1;
+    return fetch(url, init);
+  };
+  const c = new OpenAI({ apiKey: POOR_KEY, baseURL: BASE_URL, fetch: counting, timeout: 30_000 });
+  await assert.rejects(
+    c.chat.completions.create({ model: "mock/echo", messages: [{ role: "user", content: "hi" }] }),
+    (err) => err.status === 402 && err.error?.code === "insufficient_credits",
+  );
+  assert.equal(attempts, 1);
 });

@@ -21,8 +21,10 @@ import pytest
 SDK_DIR = Path(__file__).resolve().parent.parent
 SNIPPETS_DIR = SDK_DIR / "snippets"
 
-# There is no API-key auth yet; the SDK only insists that some key is set.
-API_KEY = os.environ.get("MUME_API_KEY", "sk-mume-sdk-test")
+# Created by run.sh with `mume-gateway keys create`: an unlimited key, and
+# one with no credit.
+API_KEY = os.environ.get("MUME_API_KEY", "")
+POOR_KEY = os.environ.get("MUME_POOR_KEY", "")
 
 ECHO = "mock/echo"
 CUT = "mock/cut"
@@ -366,6 +368,38 @@ def test_402_is_not_retried_with_default_retries(base_url: str) -> None:
     assert not isinstance(info.value, openai.RateLimitError)
     # x-should-retry: false stops the SDK after the first answer.
     assert counter.statuses == [402]
+
+
+def test_bad_key_is_authentication_error(base_url: str) -> None:
+    for key in ("sk-mume-not-a-real-key", API_KEY[:-1] + ("a" if API_KEY[-1] != "a" else "b")):
+        with openai.OpenAI(api_key=key, base_url=base_url, max_retries=0) as c:
+            with pytest.raises(openai.AuthenticationError) as info:
+                c.chat.completions.create(model=ECHO, messages=user("hi"))
+        body = check_error_body(info.value)
+        assert body["code"] == "malformed_api_key"
+        assert key not in str(info.value)
+
+
+def test_real_402_without_credit_is_not_retried(base_url: str) -> None:
+    counter = AttemptCounter()
+    http_client = openai.DefaultHttpxClient(event_hooks={"response": [counter]})
+    with openai.OpenAI(api_key=POOR_KEY, base_url=base_url, http_client=http_client) as c:
+        with pytest.raises(openai.APIStatusError) as info:
+            c.chat.completions.create(model=ECHO, messages=user("hi"))
+    assert info.value.status_code == 402
+    body = check_error_body(info.value)
+    assert body["code"] == "insufficient_credits"
+    assert "max_tokens" in body["message"]
+    assert counter.statuses == [402], "the SDK must not retry a 402"
+
+
+def test_usage_carries_cost_and_key_endpoint_answers(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model=ECHO, messages=user("cost me"))
+    assert completion.usage is not None
+    cost = completion.usage.model_dump().get("cost")
+    assert isinstance(cost, (int, float)) and cost > 0
+    info = client.get("/key", cast_to=object)
+    assert info["data"]["label"].startswith("sk-mume-")
 
 
 def test_attempt_counter_sees_retries(base_url: str) -> None:

@@ -1,0 +1,438 @@
+//! Credits: hold the worst case before a request goes upstream, settle the
+//! real cost when it ends, on every path.
+//!
+//! `Billing::open` places the hold (or refuses with 402) and returns a
+//! `Charge`. The request's code feeds the charge what it learns (usage,
+//! tokens delivered) and calls `finish` when the client has its answer. If
+//! the charge is dropped without that (client gone, handler panicked), its
+//! `Drop` settles it in the background from what it had seen. A hold that
+//! outlives even that (the process was killed) is resolved by the sweeper
+//! when its TTL ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::accounts::{now_ms, store_unavailable};
+use crate::config::{usd_string, NanoUsd};
+use crate::gateway::error::{ErrorKind, GatewayError};
+use crate::gateway::record::Usage;
+use crate::ratelimit::{Permit, RateLimiter};
+use crate::store::{HoldRequest, HoldResult, KeyRecord, Store, UsageRecord};
+
+/// A model's prices, nano-USD per million tokens, and the most one request
+/// may be charged (its hold; `None` for unlimited keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pricing {
+    pub prompt: NanoUsd,
+    pub completion: NanoUsd,
+    pub cap: Option<NanoUsd>,
+}
+
+impl Pricing {
+    /// The cost of `prompt` and `completion` tokens, rounded up to the
+    /// nano-dollar, before the cap.
+    pub fn raw_cost(&self, prompt: u64, completion: u64) -> NanoUsd {
+        let total = i128::from(prompt) * i128::from(self.prompt)
+            + i128::from(completion) * i128::from(self.completion);
+        let nanos = (total + 999_999) / 1_000_000;
+        i64::try_from(nanos).unwrap_or(i64::MAX)
+    }
+
+    /// What a request with this usage is charged: never more than its hold.
+    pub fn cost(&self, usage: &Usage) -> NanoUsd {
+        let cost = self.raw_cost(usage.prompt_tokens, usage.completion_tokens);
+        match self.cap {
+            Some(cap) => cost.min(cap),
+            None => cost,
+        }
+    }
+}
+
+/// Tokens in a request's prompt, estimated from its text at ~4 characters
+/// per token, plus a few per message. Only the hold uses it, and when the
+/// upstream reports no usage, the settlement.
+pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    fn text_len(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => s.len() as u64,
+            Value::Array(items) => items.iter().map(text_len).sum(),
+            // Image and audio parts: their data is not text tokens; the
+            // provider's usage says what they cost.
+            Value::Object(o) if o.contains_key("image_url") || o.contains_key("input_audio") => 0,
+            Value::Object(o) => o.values().map(text_len).sum(),
+            _ => 0,
+        }
+    }
+    let messages = body.get("messages").and_then(Value::as_array);
+    let per_message = messages.map_or(0, |m| m.len() as u64 * 4);
+    let chars = messages.map_or(0, |m| m.iter().map(text_len).sum::<u64>())
+        + body.get("tools").map_or(0, |t| t.to_string().len() as u64);
+    chars.div_ceil(4) + per_message + 3
+}
+
+/// What a request asks for, to price its hold.
+pub struct ChargeSpec {
+    pub key: Arc<KeyRecord>,
+    pub request_id: Arc<str>,
+    pub model: String,
+    pub provider: String,
+    pub prompt: NanoUsd,
+    pub completion: NanoUsd,
+    pub prompt_estimate: u64,
+    pub max_output_tokens: u64,
+    pub streamed: bool,
+    /// The request's `Idempotency-Key`, already claimed.
+    pub idempotency_key: Option<String>,
+}
+
+pub struct Billing {
+    store: Store,
+    limiter: Arc<dyn RateLimiter>,
+    hold_ttl: Duration,
+}
+
+impl Billing {
+    pub fn new(store: Store, limiter: Arc<dyn RateLimiter>, hold_ttl: Duration) -> Self {
+        Self {
+            store,
+            limiter,
+            hold_ttl,
+        }
+    }
+
+    /// Holds the worst-case cost of the request, or refuses it with 402.
+    pub async fn open(
+        self: &Arc<Self>,
+        spec: ChargeSpec,
+        permit: Permit,
+    ) -> Result<Charge, GatewayError> {
+        let mut pricing = Pricing {
+            prompt: spec.prompt,
+            completion: spec.completion,
+            cap: None,
+        };
+        let worst = pricing.raw_cost(spec.prompt_estimate, spec.max_output_tokens);
+        let hold_id = format!("hold_{}", ulid::Ulid::new());
+        let limited = spec.key.balance.is_some();
+        if limited {
+            pricing.cap = Some(worst);
+            let now = now_ms();
+            let result = self
+                .store
+                .credits
+                .hold(&HoldRequest {
+                    hold_id: hold_id.clone(),
+                    request_id: spec.request_id.to_string(),
+                    key_id: spec.key.id.clone(),
+                    amount: worst,
+                    now,
+                    expires_at: now + self.hold_ttl.as_millis() as i64,
+                })
+                .await;
+            let refused = match result {
+                Ok(HoldResult::Held | HoldResult::Unlimited) => None,
+                Ok(HoldResult::Insufficient { balance }) => {
+                    Some(insufficient(&spec, worst, balance))
+                }
+                Ok(HoldResult::NoKey) => Some(GatewayError::new(
+                    ErrorKind::Unauthorized,
+                    "invalid_api_key",
+                    "The API key was deleted.",
+                )),
+                Err(e) => Some(store_unavailable(e)),
+            };
+            if let Some(error) = refused {
+                self.abandon_idempotency(&spec).await;
+                return Err(error);
+            }
+        }
+        Ok(Charge {
+            billing: self.clone(),
+            hold_id,
+            held: limited,
+            pricing,
+            spec,
+            started: Instant::now(),
+            usage: None,
+            delivered_tokens: 0,
+            sent: false,
+            _permit: permit,
+            settled: false,
+        })
+    }
+
+    async fn abandon_idempotency(&self, spec: &ChargeSpec) {
+        if let Some(idem) = &spec.idempotency_key {
+            if let Err(e) = self.store.idempotency.abandon(&spec.key.id, idem).await {
+                tracing::warn!(error = %e, "could not release an idempotency key");
+            }
+        }
+    }
+}
+
+fn insufficient(spec: &ChargeSpec, needed: NanoUsd, balance: NanoUsd) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::InsufficientCredits,
+        "insufficient_credits",
+        format!(
+            "This request may cost up to {} USD ({} prompt tokens, estimated, plus up to {} output tokens of {}), but the key has {} USD available. Top up the key, or lower max_tokens to need less.",
+            usd_string(needed),
+            spec.prompt_estimate,
+            spec.max_output_tokens,
+            spec.model,
+            usd_string(balance)
+        ),
+    )
+}
+
+/// One request's open charge. Settles exactly once: by `finish`, or else
+/// when dropped.
+pub struct Charge {
+    billing: Arc<Billing>,
+    hold_id: String,
+    /// Whether a hold was placed (false for unlimited keys).
+    held: bool,
+    pricing: Pricing,
+    spec: ChargeSpec,
+    started: Instant,
+    usage: Option<Usage>,
+    delivered_tokens: u64,
+    sent: bool,
+    /// The key's concurrency slot, given back when the charge goes.
+    _permit: Permit,
+    settled: bool,
+}
+
+impl Charge {
+    pub fn pricing(&self) -> Pricing {
+        self.pricing
+    }
+
+    /// Records that the request is about to go upstream. Fails closed: if
+    /// the store cannot record it, the request is not sent.
+    pub async fn mark_sent(&mut self) -> Result<(), GatewayError> {
+        if self.held {
+            self.billing
+                .store
+                .credits
+                .mark_sent(&self.hold_id)
+                .await
+                .map_err(store_unavailable)?;
+        }
+        self.sent = true;
+        Ok(())
+    }
+
+    /// The usage the upstream reported (an explicit zero counts).
+    pub fn set_usage(&mut self, usage: Option<Usage>) {
+        if usage.is_some() {
+            self.usage = usage;
+        }
+    }
+
+    /// Completion tokens delivered to the client so far (an estimate, used
+    /// only if the upstream reports no usage).
+    pub fn set_delivered(&mut self, tokens: u64) {
+        self.delivered_tokens = tokens;
+    }
+
+    /// What is billed: the reported usage, else the estimate of what was
+    /// delivered; nothing if nothing was delivered.
+    fn billable(&self) -> Option<Usage> {
+        self.usage.or_else(|| {
+            (self.delivered_tokens > 0).then_some(Usage {
+                prompt_tokens: self.spec.prompt_estimate,
+                completion_tokens: self.delivered_tokens,
+                cached_tokens: 0,
+            })
+        })
+    }
+
+    /// Settles now. `status` is what the client got, `outcome` "ok" or the
+    /// error code; `response` a complete body to keep for idempotent replay.
+    pub async fn finish(mut self, status: u16, outcome: &str, response: Option<&[u8]>) {
+        self.settled = true;
+        let settlement = self.settlement(status, outcome, false, response);
+        settlement.run().await;
+    }
+
+    fn settlement(
+        &self,
+        status: u16,
+        outcome: &str,
+        cancelled: bool,
+        response: Option<&[u8]>,
+    ) -> Settlement {
+        // A request that never produced an answer is never billed.
+        let usage = if status == 200 || self.delivered_tokens > 0 {
+            self.billable()
+        } else {
+            None
+        };
+        let cost = usage.map_or(0, |u| self.pricing.cost(&u));
+        if let (Some(u), Some(cap)) = (usage, self.pricing.cap) {
+            if self.pricing.raw_cost(u.prompt_tokens, u.completion_tokens) > cap {
+                tracing::warn!(request_id = %self.spec.request_id, "usage exceeded the hold; charged the hold");
+            }
+        }
+        let u = usage.unwrap_or_default();
+        let spec = &self.spec;
+        let billed = status == 200 || cost > 0;
+        Settlement {
+            billing: self.billing.clone(),
+            record: UsageRecord {
+                hold_id: self.hold_id.clone(),
+                request_id: spec.request_id.to_string(),
+                key_id: spec.key.id.clone(),
+                model: spec.model.clone(),
+                provider: spec.provider.clone(),
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                cached_tokens: u.cached_tokens,
+                cost,
+                status,
+                outcome: outcome.to_string(),
+                latency_ms: self.started.elapsed().as_millis() as u64,
+                streamed: spec.streamed,
+                cancelled,
+                created_at: now_ms(),
+            },
+            key: spec.key.clone(),
+            tokens: u.prompt_tokens + u.completion_tokens,
+            idempotency: spec
+                .idempotency_key
+                .clone()
+                .map(|k| (k, billed, response.map(<[u8]>::to_vec))),
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let status = if self.spec.streamed && self.sent {
+            200
+        } else {
+            499
+        };
+        let settlement = self.settlement(status, "client_closed", true, None);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(settlement.run());
+            }
+            Err(_) => tracing::error!(
+                request_id = %self.spec.request_id,
+                "no runtime to settle a dropped charge; the sweeper will resolve its hold"
+            ),
+        }
+    }
+}
+
+/// Everything needed to settle, owned, so it can run after the request.
+struct Settlement {
+    billing: Arc<Billing>,
+    record: UsageRecord,
+    key: Arc<KeyRecord>,
+    tokens: u64,
+    /// (Idempotency-Key, billed, stored response).
+    idempotency: Option<(String, bool, Option<Vec<u8>>)>,
+}
+
+impl Settlement {
+    async fn run(self) {
+        let billing = &self.billing;
+        if let Err(e) = billing.store.credits.settle(&self.record).await {
+            // The hold stays open; the sweeper resolves it at its TTL.
+            tracing::error!(request_id = %self.record.request_id, error = %e, "settlement failed; the hold is left to the sweeper");
+        }
+        billing
+            .limiter
+            .charge_tokens(&self.key.id, self.key.limits, self.tokens)
+            .await;
+        if let Some((idem, billed, response)) = &self.idempotency {
+            let store = &billing.store.idempotency;
+            let done = if *billed {
+                store
+                    .complete(&self.key.id, idem, response.as_deref())
+                    .await
+            } else {
+                store.abandon(&self.key.id, idem).await
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "could not record an idempotency outcome");
+            }
+        }
+    }
+}
+
+/// Resolves holds left by a crashed process once their TTL has passed.
+/// Runs once at start and then every `every`.
+pub async fn sweep_forever(store: Store, every: Duration) {
+    loop {
+        match store.credits.sweep_expired(now_ms()).await {
+            Ok(s) if s.released + s.settled > 0 => {
+                tracing::info!(
+                    released = s.released,
+                    settled = s.settled,
+                    "resolved expired holds"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not sweep expired holds"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cost_rounds_up_to_the_nano_dollar_and_respects_the_cap() {
+        let p = Pricing {
+            prompt: 100_000_000,     // $0.10 per Mtok
+            completion: 200_000_000, // $0.20 per Mtok
+            cap: None,
+        };
+        let usage = |p, c| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: 0,
+        };
+        assert_eq!(p.cost(&usage(0, 0)), 0);
+        assert_eq!(p.cost(&usage(1, 0)), 100);
+        assert_eq!(p.cost(&usage(10, 5)), 2000);
+        let odd = Pricing {
+            prompt: 1,
+            completion: 0,
+            cap: None,
+        };
+        assert_eq!(
+            odd.cost(&usage(1, 0)),
+            1,
+            "a fraction of a nano-dollar rounds up"
+        );
+        let capped = Pricing {
+            cap: Some(1500),
+            ..p
+        };
+        assert_eq!(capped.cost(&usage(10, 5)), 1500);
+    }
+
+    #[test]
+    fn prompt_estimate_counts_text_not_image_data() {
+        let text = json!({"messages": [{"role": "user", "content": "x".repeat(400)}]});
+        let image = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "A".repeat(100_000))}}
+        ]}]});
+        let t = estimate_prompt_tokens(text.as_object().unwrap());
+        assert!((100..120).contains(&t), "{t}");
+        assert!(estimate_prompt_tokens(image.as_object().unwrap()) < 20);
+    }
+}

@@ -1,0 +1,340 @@
+//! Persistent state behind one trait per concern: keys, the credit ledger,
+//! the usage log, idempotency records. The gateway's domain code sees only
+//! these traits; `open` is the one place a backend is chosen.
+//!
+//! Times are Unix milliseconds; money is nano-USD (`i64`).
+
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::accounts::keys::KeyHash;
+use crate::config::NanoUsd;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or failed; callers answer 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness or integrity rule was broken (a bug or a race).
+    #[error("store conflict: {0}")]
+    Conflict(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Per-key limits; `None` means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub max_concurrent: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// `sk-mume-…abcd`: recognisable, never a usable part of the key.
+    pub display: String,
+    pub created_at: i64,
+    pub disabled: bool,
+    pub expires_at: Option<i64>,
+    /// Available credit; `None` is unlimited.
+    pub balance: Option<NanoUsd>,
+    pub limits: KeyLimits,
+    /// Model id patterns the key may use (`openai/*`); empty allows all.
+    pub models: Vec<String>,
+    pub metadata: Value,
+}
+
+/// A key to insert: its record and the hash of its plaintext.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub record: KeyRecord,
+    pub hash: KeyHash,
+}
+
+/// Changes to a key; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub disabled: Option<bool>,
+    pub expires_at: Option<Option<i64>>,
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u32>>,
+    pub max_concurrent: Option<Option<u32>>,
+    pub models: Option<Vec<String>>,
+    pub metadata: Option<Value>,
+}
+
+/// A hold to place: `amount` moves from the key's balance to the hold.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub hold_id: String,
+    pub request_id: String,
+    pub key_id: String,
+    pub amount: NanoUsd,
+    pub now: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldResult {
+    Held,
+    /// The key has unlimited credit: nothing was held.
+    Unlimited,
+    /// The balance cannot cover the hold; nothing changed.
+    Insufficient {
+        balance: NanoUsd,
+    },
+    /// The key no longer exists.
+    NoKey,
+}
+
+/// What one request did, as the usage log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub hold_id: String,
+    pub request_id: String,
+    pub key_id: String,
+    pub model: String,
+    pub provider: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost: NanoUsd,
+    /// HTTP status the client got.
+    pub status: u16,
+    /// `ok`, or the error code the request ended with.
+    pub outcome: String,
+    pub latency_ms: u64,
+    pub streamed: bool,
+    pub cancelled: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditKind {
+    TopUp,
+    Adjust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditResult {
+    /// Done; the new available balance.
+    Applied {
+        balance: NanoUsd,
+    },
+    NoKey,
+    /// The key has unlimited credit; nothing to add to.
+    Unlimited,
+    /// The change would take the balance below zero or past the maximum.
+    OutOfRange {
+        balance: NanoUsd,
+    },
+}
+
+/// Money across all keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreditTotals {
+    pub keys: u64,
+    pub unlimited_keys: u64,
+    /// Available balance summed over limited keys.
+    pub balance: NanoUsd,
+    /// Held by requests in flight.
+    pub held: NanoUsd,
+    pub active_holds: u64,
+    /// Everything ever added by top-ups and adjustments (net).
+    pub credited: NanoUsd,
+    /// Everything ever charged by settled requests.
+    pub spent: NanoUsd,
+}
+
+/// One row of the append-only ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub seq: i64,
+    pub key_id: String,
+    /// hold, settle, release, topup, adjust
+    pub kind: String,
+    /// Signed change of the available balance.
+    pub amount: NanoUsd,
+    /// For settle rows: what the request cost.
+    pub cost: NanoUsd,
+    pub request_id: Option<String>,
+    pub note: Option<String>,
+    pub created_at: i64,
+}
+
+/// Cost sums of one key over periods, for `GET /key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageSummary {
+    pub total: NanoUsd,
+    pub since_day: NanoUsd,
+    pub since_week: NanoUsd,
+    pub since_month: NanoUsd,
+    pub requests: u64,
+}
+
+/// Holds that outlived their TTL, resolved by the sweeper.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Never sent upstream: released in full.
+    pub released: u64,
+    /// Sent upstream with no settlement: charged the hold.
+    pub settled: u64,
+}
+
+/// What an `Idempotency-Key` claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First use: the caller runs the request.
+    Claimed,
+    /// Same key and body, still running.
+    InFlight { request_id: String },
+    /// Same key, different body.
+    Mismatch,
+    /// Same key and body, finished. `response` is the stored body of a
+    /// non-streamed request; `None` for a stream, which cannot be replayed.
+    Done {
+        request_id: String,
+        response: Option<Vec<u8>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub key_id: String,
+    pub idem_key: String,
+    pub body_hash: [u8; 32],
+    pub request_id: String,
+    pub now: i64,
+    /// Records older than this are treated as absent.
+    pub not_before: i64,
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Inserts a key; an initial balance is written to the ledger as a top-up.
+    async fn insert_key(&self, key: NewKey) -> StoreResult<()>;
+    async fn key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<KeyRecord>>;
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
+    /// Keys in creation order.
+    async fn list_keys(&self, offset: u64, limit: u64) -> StoreResult<Vec<KeyRecord>>;
+    async fn update_key(&self, id: &str, patch: &KeyPatch) -> StoreResult<Option<KeyRecord>>;
+    async fn delete_key(&self, id: &str) -> StoreResult<bool>;
+    async fn count_keys(&self) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait CreditStore: Send + Sync {
+    /// Atomically moves `amount` from the balance to a hold, or refuses.
+    async fn hold(&self, hold: &HoldRequest) -> StoreResult<HoldResult>;
+    /// Marks a hold as sent upstream (decides what the sweeper does with it).
+    async fn mark_sent(&self, hold_id: &str) -> StoreResult<()>;
+    /// Resolves the hold `usage.hold_id` (if it is still open) by charging
+    /// `usage.cost` and returning the rest, and writes the usage record, in
+    /// one transaction. A second call for the same hold changes nothing.
+    async fn settle(&self, usage: &UsageRecord) -> StoreResult<()>;
+    /// A top-up or adjustment, written to the ledger.
+    async fn credit(
+        &self,
+        key_id: &str,
+        kind: CreditKind,
+        amount: NanoUsd,
+        note: Option<&str>,
+        now: i64,
+    ) -> StoreResult<CreditResult>;
+    /// Resolves holds whose TTL ended before `now` (a crashed process's).
+    async fn sweep_expired(&self, now: i64) -> StoreResult<Swept>;
+    async fn totals(&self) -> StoreResult<CreditTotals>;
+    /// The ledger of one key, oldest first.
+    async fn ledger(&self, key_id: &str) -> StoreResult<Vec<LedgerRow>>;
+}
+
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// The latest record of `request_id` made by `key_id`.
+    async fn generation(&self, key_id: &str, request_id: &str) -> StoreResult<Option<UsageRecord>>;
+    async fn summary(
+        &self,
+        key_id: &str,
+        day_start: i64,
+        week_start: i64,
+        month_start: i64,
+    ) -> StoreResult<UsageSummary>;
+}
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    async fn claim(&self, claim: &IdempotencyClaim) -> StoreResult<Claim>;
+    /// The request finished and was billed; `response` as in `Claim::Done`.
+    async fn complete(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        response: Option<&[u8]>,
+    ) -> StoreResult<()>;
+    /// The request failed without being billed: the key may be used again.
+    async fn abandon(&self, key_id: &str, idem_key: &str) -> StoreResult<()>;
+}
+
+/// The store, one handle per concern (all may be the same object).
+#[derive(Clone)]
+pub struct Store {
+    pub keys: Arc<dyn KeyStore>,
+    pub credits: Arc<dyn CreditStore>,
+    pub usage: Arc<dyn UsageStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Closes connections (tests use it to make the store unavailable).
+    closer: Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+}
+
+/// Where the store lives and how long a writer waits for the lock.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: std::path::PathBuf,
+    pub busy_timeout: Duration,
+}
+
+impl Store {
+    /// Opens (creating it if needed) and migrates the configured store.
+    pub async fn open(options: &StoreOptions) -> StoreResult<Self> {
+        let sqlite = Arc::new(SqliteStore::open(&options.path, options.busy_timeout).await?);
+        Ok(Self::from_backend(sqlite))
+    }
+
+    fn from_backend<B>(backend: Arc<B>) -> Self
+    where
+        B: KeyStore + CreditStore + UsageStore + IdempotencyStore + Closeable + 'static,
+    {
+        let closing = backend.clone();
+        Self {
+            keys: backend.clone(),
+            credits: backend.clone(),
+            usage: backend.clone(),
+            idempotency: backend,
+            closer: Arc::new(move || {
+                let b = closing.clone();
+                Box::pin(async move { b.close().await })
+            }),
+        }
+    }
+
+    /// Closes every connection; later calls fail as `Unavailable`.
+    pub async fn close(&self) {
+        (self.closer)().await
+    }
+}
+
+#[async_trait]
+pub trait Closeable: Send + Sync {
+    async fn close(&self);
+}

@@ -1,0 +1,735 @@
+//! The embedded SQLite store (the default): one file, WAL mode, versioned
+//! migrations applied at open.
+//!
+//! Writes go through a pool of ONE connection, so writers queue in the pool
+//! instead of spinning on SQLite's busy handler; reads use their own pool.
+//! Every transaction that moves money starts with `BEGIN IMMEDIATE`, so it
+//! holds the write lock from its first statement, and the busy timeout
+//! covers another process (the CLI) holding the lock.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    Claim, Closeable, CreditKind, CreditResult, CreditStore, CreditTotals, HoldRequest, HoldResult,
+    IdempotencyClaim, IdempotencyStore, KeyLimits, KeyPatch, KeyRecord, KeyStore, LedgerRow,
+    NewKey, StoreError, StoreResult, Swept, UsageRecord, UsageStore, UsageSummary,
+};
+use crate::accounts::keys::KeyHash;
+use crate::config::NanoUsd;
+
+/// The largest balance a key may hold: $1,000,000,000.
+pub const MAX_BALANCE: NanoUsd = 1_000_000_000 * 1_000_000_000;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() || db.is_check_violation() => {
+            StoreError::Conflict(db.message().to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+const KEY_COLUMNS: &str = "id, name, display, created_at, disabled, expires_at, balance, rpm, tpm, max_concurrent, models, metadata";
+
+fn key_from_row(row: &SqliteRow) -> KeyRecord {
+    let limit = |name: &str| {
+        row.get::<Option<i64>, _>(name)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let models: String = row.get("models");
+    let metadata: String = row.get("metadata");
+    KeyRecord {
+        id: row.get("id"),
+        name: row.get("name"),
+        display: row.get("display"),
+        created_at: row.get("created_at"),
+        disabled: row.get::<i64, _>("disabled") != 0,
+        expires_at: row.get("expires_at"),
+        balance: row.get("balance"),
+        limits: KeyLimits {
+            rpm: limit("rpm"),
+            tpm: limit("tpm"),
+            max_concurrent: limit("max_concurrent"),
+        },
+        models: serde_json::from_str(&models).unwrap_or_default(),
+        metadata: serde_json::from_str(&metadata).unwrap_or(Value::Object(Default::default())),
+    }
+}
+
+fn usage_from_row(row: &SqliteRow) -> UsageRecord {
+    let count = |name: &str| row.get::<i64, _>(name).max(0) as u64;
+    UsageRecord {
+        hold_id: row.get("hold_id"),
+        request_id: row.get("request_id"),
+        key_id: row.get("key_id"),
+        model: row.get("model"),
+        provider: row.get("provider"),
+        prompt_tokens: count("prompt_tokens"),
+        completion_tokens: count("completion_tokens"),
+        cached_tokens: count("cached_tokens"),
+        cost: row.get("cost"),
+        status: count("status") as u16,
+        outcome: row.get("outcome"),
+        latency_ms: count("latency_ms"),
+        streamed: row.get::<i64, _>("streamed") != 0,
+        cancelled: row.get::<i64, _>("cancelled") != 0,
+        created_at: row.get("created_at"),
+    }
+}
+
+/// Token counts are stored as SQLite integers (i64).
+fn sql_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path, busy_timeout: Duration) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true);
+        // A request that spends credit must learn within a second that the
+        // store is gone (CR-08), so nobody waits long for a connection.
+        let acquire = Duration::from_secs(1).min(busy_timeout.max(Duration::from_millis(100)));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(acquire.max(Duration::from_secs(1)))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrating {}: {e}", path.display())))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// One ledger row to append.
+struct Entry<'a> {
+    key_id: &'a str,
+    kind: &'a str,
+    amount: NanoUsd,
+    cost: NanoUsd,
+    request_id: Option<&'a str>,
+    note: Option<&'a str>,
+    at: i64,
+}
+
+async fn ledger_row(tx: &mut Transaction<'static, Sqlite>, e: Entry<'_>) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.key_id)
+    .bind(e.kind)
+    .bind(e.amount)
+    .bind(e.cost)
+    .bind(e.request_id)
+    .bind(e.note)
+    .bind(e.at)
+    .execute(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Closeable for SqliteStore {
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_key(&self, key: NewKey) -> StoreResult<()> {
+        let r = &key.record;
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, hash, display, name, created_at, disabled, expires_at, balance, rpm, tpm, max_concurrent, models, metadata) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(&key.hash[..])
+        .bind(&r.display)
+        .bind(&r.name)
+        .bind(r.created_at)
+        .bind(r.disabled as i64)
+        .bind(r.expires_at)
+        .bind(r.balance)
+        .bind(r.limits.rpm.map(i64::from))
+        .bind(r.limits.tpm.map(i64::from))
+        .bind(r.limits.max_concurrent.map(i64::from))
+        .bind(serde_json::to_string(&r.models).unwrap_or_else(|_| "[]".into()))
+        .bind(r.metadata.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(balance) = r.balance.filter(|b| *b > 0) {
+            ledger_row(
+                &mut tx,
+                Entry {
+                    key_id: &r.id,
+                    kind: "topup",
+                    amount: balance,
+                    cost: 0,
+                    request_id: None,
+                    note: Some("initial credit"),
+                    at: r.created_at,
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?");
+        let row = sqlx::query(&sql)
+            .bind(&hash[..])
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.as_ref().map(key_from_row))
+    }
+
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.as_ref().map(key_from_row))
+    }
+
+    async fn list_keys(&self, offset: u64, limit: u64) -> StoreResult<Vec<KeyRecord>> {
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id LIMIT ? OFFSET ?");
+        let rows = sqlx::query(&sql)
+            .bind(sql_count(limit))
+            .bind(sql_count(offset))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(key_from_row).collect())
+    }
+
+    async fn update_key(&self, id: &str, patch: &KeyPatch) -> StoreResult<Option<KeyRecord>> {
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let mut key = key_from_row(&row);
+        if let Some(name) = &patch.name {
+            key.name = name.clone();
+        }
+        if let Some(disabled) = patch.disabled {
+            key.disabled = disabled;
+        }
+        if let Some(expires_at) = patch.expires_at {
+            key.expires_at = expires_at;
+        }
+        if let Some(rpm) = patch.rpm {
+            key.limits.rpm = rpm;
+        }
+        if let Some(tpm) = patch.tpm {
+            key.limits.tpm = tpm;
+        }
+        if let Some(max) = patch.max_concurrent {
+            key.limits.max_concurrent = max;
+        }
+        if let Some(models) = &patch.models {
+            key.models = models.clone();
+        }
+        if let Some(metadata) = &patch.metadata {
+            key.metadata = metadata.clone();
+        }
+        sqlx::query(
+            "UPDATE api_keys SET name = ?, disabled = ?, expires_at = ?, rpm = ?, tpm = ?, max_concurrent = ?, models = ?, metadata = ? WHERE id = ?",
+        )
+        .bind(&key.name)
+        .bind(key.disabled as i64)
+        .bind(key.expires_at)
+        .bind(key.limits.rpm.map(i64::from))
+        .bind(key.limits.tpm.map(i64::from))
+        .bind(key.limits.max_concurrent.map(i64::from))
+        .bind(serde_json::to_string(&key.models).unwrap_or_else(|_| "[]".into()))
+        .bind(key.metadata.to_string())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(key))
+    }
+
+    async fn delete_key(&self, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn count_keys(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+#[async_trait]
+impl CreditStore for SqliteStore {
+    async fn hold(&self, hold: &HoldRequest) -> StoreResult<HoldResult> {
+        let mut tx = self.begin().await?;
+        let debited = sqlx::query(
+            "UPDATE api_keys SET balance = balance - ?1 WHERE id = ?2 AND balance IS NOT NULL AND balance >= ?1",
+        )
+        .bind(hold.amount)
+        .bind(&hold.key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if debited.rows_affected() == 0 {
+            let balance: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT balance FROM api_keys WHERE id = ?")
+                    .bind(&hold.key_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(match balance {
+                None => HoldResult::NoKey,
+                Some(None) => HoldResult::Unlimited,
+                Some(Some(balance)) => HoldResult::Insufficient { balance },
+            });
+        }
+        sqlx::query(
+            "INSERT INTO holds (hold_id, request_id, key_id, amount, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&hold.hold_id)
+        .bind(&hold.request_id)
+        .bind(&hold.key_id)
+        .bind(hold.amount)
+        .bind(hold.now)
+        .bind(hold.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        ledger_row(
+            &mut tx,
+            Entry {
+                key_id: &hold.key_id,
+                kind: "hold",
+                amount: -hold.amount,
+                cost: 0,
+                request_id: Some(&hold.request_id),
+                note: None,
+                at: hold.now,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(HoldResult::Held)
+    }
+
+    async fn mark_sent(&self, hold_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE holds SET sent = 1 WHERE hold_id = ?")
+            .bind(hold_id)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn settle(&self, usage: &UsageRecord) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let hold: Option<(String, i64)> =
+            sqlx::query_as("DELETE FROM holds WHERE hold_id = ? RETURNING key_id, amount")
+                .bind(&usage.hold_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        if let Some((key_id, amount)) = hold {
+            let cost = usage.cost.clamp(0, amount);
+            let refund = amount - cost;
+            sqlx::query(
+                "UPDATE api_keys SET balance = balance + ? WHERE id = ? AND balance IS NOT NULL",
+            )
+            .bind(refund)
+            .bind(&key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let kind = if cost == 0 { "release" } else { "settle" };
+            ledger_row(
+                &mut tx,
+                Entry {
+                    key_id: &key_id,
+                    kind,
+                    amount: refund,
+                    cost,
+                    request_id: Some(&usage.request_id),
+                    note: None,
+                    at: usage.created_at,
+                },
+            )
+            .await?;
+        }
+        sqlx::query(
+            "INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens, completion_tokens, cached_tokens, cost, status, outcome, latency_ms, streamed, cancelled, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&usage.hold_id)
+        .bind(&usage.request_id)
+        .bind(&usage.key_id)
+        .bind(&usage.model)
+        .bind(&usage.provider)
+        .bind(sql_count(usage.prompt_tokens))
+        .bind(sql_count(usage.completion_tokens))
+        .bind(sql_count(usage.cached_tokens))
+        .bind(usage.cost)
+        .bind(i64::from(usage.status))
+        .bind(&usage.outcome)
+        .bind(sql_count(usage.latency_ms))
+        .bind(usage.streamed as i64)
+        .bind(usage.cancelled as i64)
+        .bind(usage.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn credit(
+        &self,
+        key_id: &str,
+        kind: CreditKind,
+        amount: NanoUsd,
+        note: Option<&str>,
+        now: i64,
+    ) -> StoreResult<CreditResult> {
+        let mut tx = self.begin().await?;
+        let balance: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT balance FROM api_keys WHERE id = ?")
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let balance = match balance {
+            None => return Ok(CreditResult::NoKey),
+            Some(None) => return Ok(CreditResult::Unlimited),
+            Some(Some(b)) => b,
+        };
+        let Some(after) = balance
+            .checked_add(amount)
+            .filter(|a| (0..=MAX_BALANCE).contains(a))
+        else {
+            return Ok(CreditResult::OutOfRange { balance });
+        };
+        sqlx::query("UPDATE api_keys SET balance = ? WHERE id = ?")
+            .bind(after)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let kind = match kind {
+            CreditKind::TopUp => "topup",
+            CreditKind::Adjust => "adjust",
+        };
+        ledger_row(
+            &mut tx,
+            Entry {
+                key_id,
+                kind,
+                amount,
+                cost: 0,
+                request_id: None,
+                note,
+                at: now,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(CreditResult::Applied { balance: after })
+    }
+
+    async fn sweep_expired(&self, now: i64) -> StoreResult<Swept> {
+        let mut tx = self.begin().await?;
+        let expired: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "DELETE FROM holds WHERE expires_at < ? RETURNING hold_id, request_id, key_id, amount, sent",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let mut swept = Swept::default();
+        for (_hold_id, request_id, key_id, amount, sent) in expired {
+            // Sent upstream: the work happened and its usage is unknown, so
+            // the hold (the most it could have cost) is charged. Never sent:
+            // everything goes back.
+            let (kind, refund, cost, note) = if sent != 0 {
+                swept.settled += 1;
+                (
+                    "settle",
+                    0,
+                    amount,
+                    "hold expired after the request was sent; charged the hold",
+                )
+            } else {
+                swept.released += 1;
+                (
+                    "release",
+                    amount,
+                    0,
+                    "hold expired before the request was sent",
+                )
+            };
+            sqlx::query(
+                "UPDATE api_keys SET balance = balance + ? WHERE id = ? AND balance IS NOT NULL",
+            )
+            .bind(refund)
+            .bind(&key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            ledger_row(
+                &mut tx,
+                Entry {
+                    key_id: &key_id,
+                    kind,
+                    amount: refund,
+                    cost,
+                    request_id: Some(&request_id),
+                    note: Some(note),
+                    at: now,
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(swept)
+    }
+
+    async fn totals(&self) -> StoreResult<CreditTotals> {
+        let keys = sqlx::query(
+            "SELECT COUNT(*) AS n, COUNT(*) - COUNT(balance) AS unlimited, COALESCE(SUM(balance), 0) AS balance FROM api_keys",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        let holds =
+            sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0) AS held FROM holds")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(unavailable)?;
+        let ledger = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN kind IN ('topup', 'adjust') THEN amount ELSE 0 END), 0) AS credited, \
+                    COALESCE(SUM(cost), 0) AS spent FROM ledger",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(CreditTotals {
+            keys: keys.get::<i64, _>("n").max(0) as u64,
+            unlimited_keys: keys.get::<i64, _>("unlimited").max(0) as u64,
+            balance: keys.get("balance"),
+            held: holds.get("held"),
+            active_holds: holds.get::<i64, _>("n").max(0) as u64,
+            credited: ledger.get("credited"),
+            spent: ledger.get("spent"),
+        })
+    }
+
+    async fn ledger(&self, key_id: &str) -> StoreResult<Vec<LedgerRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, key_id, kind, amount, cost, request_id, note, created_at FROM ledger WHERE key_id = ? ORDER BY seq",
+        )
+        .bind(key_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| LedgerRow {
+                seq: r.get("seq"),
+                key_id: r.get("key_id"),
+                kind: r.get("kind"),
+                amount: r.get("amount"),
+                cost: r.get("cost"),
+                request_id: r.get("request_id"),
+                note: r.get("note"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    async fn generation(&self, key_id: &str, request_id: &str) -> StoreResult<Option<UsageRecord>> {
+        let row = sqlx::query(
+            "SELECT * FROM usage WHERE request_id = ? AND key_id = ? ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(request_id)
+        .bind(key_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.as_ref().map(usage_from_row))
+    }
+
+    async fn summary(
+        &self,
+        key_id: &str,
+        day_start: i64,
+        week_start: i64,
+        month_start: i64,
+    ) -> StoreResult<UsageSummary> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(cost), 0) AS total, \
+                    COALESCE(SUM(CASE WHEN created_at >= ?2 THEN cost ELSE 0 END), 0) AS day, \
+                    COALESCE(SUM(CASE WHEN created_at >= ?3 THEN cost ELSE 0 END), 0) AS week, \
+                    COALESCE(SUM(CASE WHEN created_at >= ?4 THEN cost ELSE 0 END), 0) AS month \
+             FROM usage WHERE key_id = ?1",
+        )
+        .bind(key_id)
+        .bind(day_start)
+        .bind(week_start)
+        .bind(month_start)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(UsageSummary {
+            total: row.get("total"),
+            since_day: row.get("day"),
+            since_week: row.get("week"),
+            since_month: row.get("month"),
+            requests: row.get::<i64, _>("n").max(0) as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteStore {
+    async fn claim(&self, c: &IdempotencyClaim) -> StoreResult<Claim> {
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query(
+            "SELECT body_hash, request_id, state, response, created_at FROM idempotency WHERE key_id = ? AND idem_key = ?",
+        )
+        .bind(&c.key_id)
+        .bind(&c.idem_key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(row) = existing.filter(|r| r.get::<i64, _>("created_at") >= c.not_before) {
+            tx.rollback().await.map_err(unavailable)?;
+            let hash: Vec<u8> = row.get("body_hash");
+            let request_id: String = row.get("request_id");
+            return Ok(if hash != c.body_hash {
+                Claim::Mismatch
+            } else if row.get::<String, _>("state") == "running" {
+                Claim::InFlight { request_id }
+            } else {
+                Claim::Done {
+                    request_id,
+                    response: row.get("response"),
+                }
+            });
+        }
+        sqlx::query(
+            "INSERT OR REPLACE INTO idempotency (key_id, idem_key, body_hash, request_id, state, response, created_at) VALUES (?, ?, ?, ?, 'running', NULL, ?)",
+        )
+        .bind(&c.key_id)
+        .bind(&c.idem_key)
+        .bind(&c.body_hash[..])
+        .bind(&c.request_id)
+        .bind(c.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // Records past their window are dropped as new ones are written.
+        sqlx::query("DELETE FROM idempotency WHERE created_at < ?")
+            .bind(c.not_before)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Claim::Claimed)
+    }
+
+    async fn complete(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        response: Option<&[u8]>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE idempotency SET state = 'done', response = ? WHERE key_id = ? AND idem_key = ?",
+        )
+        .bind(response)
+        .bind(key_id)
+        .bind(idem_key)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn abandon(&self, key_id: &str, idem_key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ?")
+            .bind(key_id)
+            .bind(idem_key)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
