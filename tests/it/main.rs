@@ -12,6 +12,7 @@ mod errors;
 mod idempotency;
 mod input;
 mod keys;
+mod keys_cli;
 mod limits;
 mod mock;
 mod models;
