@@ -305,11 +305,26 @@ idle_timeout = "60s"
 
 [[models]]
 id = "up/bench"
+prompt_price = "0.10"
+completion_price = "0.20"
+max_output_tokens = 1000
 
 [[models]]
 id = "stream/bench"
+prompt_price = "0.10"
+completion_price = "0.20"
+max_output_tokens = 1000
+
+[store]
+path = "$WORK/bench.db"
 EOF
     "$GATEWAY_BIN" check-config --config "$conf" >/dev/null || die "gateway rejected $conf"
+    # Every request goes through auth, the rate limiter and the credit hold
+    # and settlement: a key with credit and limits far above the load
+    # (BENCH_KEY_ARGS overrides them; empty quotes mean an unlimited key).
+    # shellcheck disable=SC2086
+    BENCH_KEY=$("$GATEWAY_BIN" keys --config "$conf" create --name bench \
+        ${BENCH_KEY_ARGS---credits 1000000 --rpm 4000000000 --tpm 4000000000 --max-concurrent 100000})
     # One access line per request goes to stdout: into a file, like nginx's.
     "$GATEWAY_BIN" serve --config "$conf" --listen "127.0.0.1:$GW_PORT" \
         >"$WORK/gateway.log" 2>&1 &
@@ -354,7 +369,7 @@ oha_run() { # target out.json oha-args...
     local target=$1 out=$2
     shift 2
     "$OHA" --no-tui --output-format json -m POST \
-        -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' \
+        -H 'Content-Type: application/json' -H "Authorization: Bearer $BENCH_KEY" \
         -d "$BODY" "$@" "http://127.0.0.1:$(port_of "$target")$API_PATH" >"$out"
 }
 
@@ -437,7 +452,7 @@ measure_peak_rss() {
 measure_streams() { # target port pids
     local t=$1 port=$2 pids=$3
     log "streams: $t, $STREAMS concurrent streams"
-    python3 "$BENCH_DIR/stream_clients.py" --port "$port" --count "$STREAMS" \
+    python3 "$BENCH_DIR/stream_clients.py" --port "$port" --count "$STREAMS" --key "$BENCH_KEY" \
         --pids "$pids" >"$RAW/streams-$t.json" 2>"$WORK/stream_clients-$t.log" ||
         log "warning: not every stream opened through $t (see $RAW/streams-$t.json)"
     cat "$RAW/streams-$t.json" >&2

@@ -85,6 +85,7 @@ async def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", default="/api/v1/chat/completions")
     p.add_argument("--model", default="stream/bench")
+    p.add_argument("--key", default="bench", help="API key sent as a bearer token")
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--pids", required=True, help="comma-separated PIDs whose RSS is summed")
     p.add_argument("--batch", type=int, default=200, help="connections opened per batch")
@@ -101,6 +102,7 @@ async def main():
         f"POST {args.path} HTTP/1.1\r\n"
         f"Host: {args.host}:{args.port}\r\n"
         "Content-Type: application/json\r\n"
+        f"Authorization: Bearer {args.key}\r\n"
         "Accept: text/event-stream\r\n"
         "Authorization: Bearer bench\r\n"
         f"Content-Length: {len(body)}\r\n"
