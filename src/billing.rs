@@ -255,7 +255,11 @@ impl Charge {
     pub async fn finish(mut self, status: u16, outcome: &str, response: Option<&[u8]>) {
         self.settled = true;
         let settlement = self.settlement(status, outcome, false, response);
-        settlement.run().await;
+        // A task of its own: if the client leaves while this is awaited (a
+        // stream's last frame), the settlement still runs to the end.
+        if let Err(e) = tokio::spawn(settlement.run()).await {
+            tracing::error!(error = %e, "settlement task failed; the sweeper will resolve the hold");
+        }
     }
 
     fn settlement(
