@@ -242,40 +242,32 @@ impl Checker<'_> {
 
     /// A USD amount (not a price): "1.00".
     fn amount(&mut self, key: &str, value: &toml::Value) -> NanoUsd {
+        self.usd(key, value, "USD, e.g. \"1.00\"")
+    }
+
+    fn price(&mut self, key: &str, value: Option<&toml::Value>) -> NanoUsd {
+        value.map_or(0, |v| {
+            self.usd(key, v, "USD per million tokens, e.g. \"0.40\"")
+        })
+    }
+
+    /// A decimal USD value written as a string (or a whole number), kept
+    /// exact; `what` names the unit in the fix.
+    fn usd(&mut self, key: &str, value: &toml::Value, what: &str) -> NanoUsd {
         let text = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
             _ => {
                 self.report(
                     key,
-                    "must be a string",
-                    "write USD as a string, e.g. \"1.00\"",
-                );
-                return 0;
-            }
-        };
-        parse_usd(&text).unwrap_or_else(|e| {
-            self.report(key, e, "write USD, e.g. \"1.00\"");
-            0
-        })
-    }
-
-    fn price(&mut self, key: &str, value: Option<&toml::Value>) -> NanoUsd {
-        let text = match value {
-            None => return 0,
-            Some(toml::Value::String(s)) => s.clone(),
-            Some(toml::Value::Integer(i)) => i.to_string(),
-            Some(_) => {
-                self.report(
-                    key,
                     "must be a string or a whole number",
-                    "write USD per million tokens as a string, e.g. \"0.40\", so it stays exact",
+                    format!("write {what} as a string, so it stays exact"),
                 );
                 return 0;
             }
         };
         parse_usd(&text).unwrap_or_else(|e| {
-            self.report(key, e, "write USD per million tokens, e.g. \"0.40\"");
+            self.report(key, e, format!("write {what}"));
             0
         })
     }

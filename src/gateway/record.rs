@@ -65,6 +65,11 @@ impl RequestRecord {
         f(&mut fields);
     }
 
+    /// Reads fields without cloning the whole record.
+    pub fn read<T>(&self, f: impl FnOnce(&RecordFields) -> T) -> T {
+        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub fn snapshot(&self) -> RecordFields {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -54,7 +54,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&ctx.request_id) {
         response.headers_mut().insert(HEADER, value);
     }
-    let limits = ctx.record.snapshot().rate_limits;
+    let limits = ctx.record.read(|r| r.rate_limits);
     for (name, value) in limits.iter().flat_map(|l| l.headers()) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, value);

@@ -294,7 +294,7 @@ pub struct Store {
     pub usage: Arc<dyn UsageStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// Closes connections (tests use it to make the store unavailable).
-    closer: Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+    closer: Arc<dyn Closeable>,
 }
 
 /// Where the store lives and how long a writer waits for the lock.
@@ -315,22 +315,18 @@ impl Store {
     where
         B: KeyStore + CreditStore + UsageStore + IdempotencyStore + Closeable + 'static,
     {
-        let closing = backend.clone();
         Self {
             keys: backend.clone(),
             credits: backend.clone(),
             usage: backend.clone(),
-            idempotency: backend,
-            closer: Arc::new(move || {
-                let b = closing.clone();
-                Box::pin(async move { b.close().await })
-            }),
+            idempotency: backend.clone(),
+            closer: backend,
         }
     }
 
     /// Closes every connection; later calls fail as `Unavailable`.
     pub async fn close(&self) {
-        (self.closer)().await
+        self.closer.close().await
     }
 }
 

@@ -126,15 +126,7 @@ async fn keys_are_created_listed_updated_credited_and_deleted() {
         .unwrap();
     assert_eq!(patched["data"]["disabled"], true);
     assert_eq!(patched["data"]["rpm"], Value::Null);
-    let refused = error_reply(
-        keyed(&key)
-            .post(gw.url("/api/v1/chat/completions"))
-            .json(&chat_body("mock/echo", false))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let refused = error_reply(gw.chat_as(&key, &chat_body("mock/echo", false)).await).await;
     assert_eq!(
         refused.error["code"], "key_disabled",
         "takes effect at once"

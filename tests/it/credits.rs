@@ -251,12 +251,7 @@ async fn cr06_a_client_that_leaves_mid_stream_pays_for_what_it_got_and_no_more_t
     let gw = TestGateway::with(&priced(&upstream.base_url)).await;
     let (id, key) = limited_key(&gw, 1_000_000_000).await;
     let body = chat_body("up/m", true);
-    let mut reply = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut reply = gw.chat_as(&key, &body).await;
     let mut seen = String::new();
     while seen.matches("chat.completion.chunk").count() < 40 {
         let piece = reply.chunk().await.unwrap().expect("more of the stream");
@@ -282,21 +277,11 @@ async fn cr08_an_unavailable_store_fails_closed_fast_without_calling_upstream() 
     let gw = TestGateway::with(&priced(&upstream.base_url)).await;
     let (_, key) = limited_key(&gw, 1_000_000_000).await;
     // Authenticate once so the key is cached, then take the store away.
-    let ok = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let ok = gw.chat_as(&key, &chat_body("up/m", false)).await;
     assert_eq!(ok.status(), 200);
     gw.store.close().await;
     let started = std::time::Instant::now();
-    let reply = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = gw.chat_as(&key, &chat_body("up/m", false)).await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "took {:?}",
@@ -313,12 +298,7 @@ async fn cr09_reported_zero_usage_settles_at_zero_and_cost_is_in_the_response() 
     let upstream = Upstream::json(200, completion_with_usage(0, 0)).await;
     let gw = TestGateway::with(&priced(&upstream.base_url)).await;
     let (id, key) = limited_key(&gw, 1_000_000_000).await;
-    let reply = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = gw.chat_as(&key, &chat_body("up/m", false)).await;
     let body: Value = reply.json().await.unwrap();
     assert_eq!(body["usage"]["cost"], json!(0));
     gw.holds_drain().await;
@@ -393,12 +373,7 @@ async fn a_402_says_how_much_is_needed_and_that_a_lower_max_tokens_helps() {
     let gw = TestGateway::with(&priced(&upstream.base_url)).await;
     let body = chat_body("up/m", false);
     let (_, key) = limited_key(&gw, hold_of(&body) - 1).await;
-    let reply = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let reply = gw.chat_as(&key, &body).await;
     let e = error_reply(reply).await;
     assert_eq!(e.status, 402);
     assert_eq!(e.error["type"], "insufficient_credits");
@@ -408,12 +383,7 @@ async fn a_402_says_how_much_is_needed_and_that_a_lower_max_tokens_helps() {
     // A smaller max_tokens fits the same balance.
     let mut small = body.clone();
     small["max_tokens"] = json!(10);
-    let ok = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&small)
-        .send()
-        .await
-        .unwrap();
+    let ok = gw.chat_as(&key, &small).await;
     assert_eq!(ok.status(), 200);
     assert!(upstream.seen().len() == 1);
 }

@@ -220,22 +220,9 @@ async fn a_model_outside_the_keys_patterns_is_403() {
             ..Default::default()
         })
         .await;
-    let ok = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("mock/echo", false))
-        .send()
-        .await
-        .unwrap();
+    let ok = gw.chat_as(&key, &chat_body("mock/echo", false)).await;
     assert_eq!(ok.status(), 200);
-    let e = error_reply(
-        keyed(&key)
-            .post(gw.url("/api/v1/chat/completions"))
-            .json(&chat_body("mock/slow", false))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let e = error_reply(gw.chat_as(&key, &chat_body("mock/slow", false)).await).await;
     assert_eq!(e.status, 403);
     assert_eq!(e.error["code"], "permission_denied");
 }

@@ -86,12 +86,7 @@ async fn successful_responses_carry_the_rate_limit_headers() {
         },
     )
     .await;
-    let reply = keyed(&key)
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("mock/echo", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = gw.chat_as(&key, &chat_body("mock/echo", false)).await;
     assert_eq!(reply.status(), 200);
     let h = reply.headers();
     assert_eq!(h["x-ratelimit-limit-requests"], "10");
@@ -119,15 +114,7 @@ async fn rl04_max_tokens_over_the_token_budget_is_429_at_once_without_an_upstrea
     .await;
     let mut body = chat_body("up/m", false);
     body["max_tokens"] = json!(1001);
-    let e = error_reply(
-        keyed(&key)
-            .post(gw.url("/api/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let e = error_reply(gw.chat_as(&key, &body).await).await;
     assert_eq!(e.status, 429);
     assert_eq!(e.error["code"], "max_tokens_over_limit");
     assert!(e.headers.contains_key("retry-after"));

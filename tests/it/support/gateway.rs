@@ -126,6 +126,16 @@ impl TestGateway {
         (record.id, plain.reveal().to_string())
     }
 
+    /// POSTs `body` to the chat route with `key`.
+    pub async fn chat_as(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        crate::support::keyed(key)
+            .post(self.url("/api/v1/chat/completions"))
+            .json(body)
+            .send()
+            .await
+            .expect("request reaches the gateway")
+    }
+
     /// A key's available balance (nano-USD).
     pub async fn balance(&self, id: &str) -> i64 {
         let key = self.store.keys.key_by_id(id).await.unwrap().expect("key");

@@ -22,15 +22,7 @@ pub const PATIENCE: Duration = Duration::from_secs(15);
 /// A test client: no proxies, never waits forever, and sends the test
 /// gateway's unlimited key.
 pub fn client() -> reqwest::Client {
-    let mut headers = HeaderMap::new();
-    let auth = format!("Bearer {}", test_key().reveal());
-    headers.insert("authorization", auth.parse().expect("header value"));
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .default_headers(headers)
-        .build()
-        .expect("test client")
+    keyed(test_key().reveal())
 }
 
 /// A test client that sends `key`.
