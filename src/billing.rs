@@ -127,6 +127,9 @@ impl Billing {
                     request_id: spec.request_id.to_string(),
                     key_id: spec.key.id.clone(),
                     amount: worst,
+                    // The request goes upstream right after this, with
+                    // nothing in between that can fail or wait.
+                    sent: true,
                     now,
                     expires_at: now + self.hold_ttl.as_millis() as i64,
                 })
@@ -151,7 +154,6 @@ impl Billing {
         Ok(Charge {
             billing: self.clone(),
             hold_id,
-            held: limited,
             pricing,
             spec,
             started: Instant::now(),
@@ -192,8 +194,6 @@ fn insufficient(spec: &ChargeSpec, needed: NanoUsd, balance: NanoUsd) -> Gateway
 pub struct Charge {
     billing: Arc<Billing>,
     hold_id: String,
-    /// Whether a hold was placed (false for unlimited keys).
-    held: bool,
     pricing: Pricing,
     spec: ChargeSpec,
     started: Instant,
@@ -210,19 +210,10 @@ impl Charge {
         self.pricing
     }
 
-    /// Records that the request is about to go upstream. Fails closed: if
-    /// the store cannot record it, the request is not sent.
-    pub async fn mark_sent(&mut self) -> Result<(), GatewayError> {
-        if self.held {
-            self.billing
-                .store
-                .credits
-                .mark_sent(&self.hold_id)
-                .await
-                .map_err(store_unavailable)?;
-        }
+    /// Records that the request is going upstream. (The stored hold says
+    /// so from the start: see `Billing::open`.)
+    pub fn mark_sent(&mut self) {
         self.sent = true;
-        Ok(())
     }
 
     /// The usage the upstream reported (an explicit zero counts).

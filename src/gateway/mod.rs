@@ -242,7 +242,7 @@ impl Gateway {
             body: request.into_upstream_body(&model.upstream),
             stream,
         };
-        charge.mark_sent().await?;
+        charge.mark_sent();
         let started = Instant::now();
         let limit = if stream {
             timeouts.first_byte

@@ -5,6 +5,7 @@
 //! Times are Unix milliseconds; money is nano-USD (`i64`).
 
 mod sqlite;
+mod sqlite_batch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::config::NanoUsd;
 
 pub use sqlite::SqliteStore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or failed; callers answer 503.
     #[error("store unavailable: {0}")]
@@ -81,6 +82,10 @@ pub struct HoldRequest {
     pub request_id: String,
     pub key_id: String,
     pub amount: NanoUsd,
+    /// Whether the request goes upstream as soon as the hold is placed
+    /// (the gateway's holds do: nothing runs between the two). Decides
+    /// what the sweeper does with a hold its process never settled.
+    pub sent: bool,
     pub now: i64,
     pub expires_at: i64,
 }
@@ -237,8 +242,6 @@ pub trait KeyStore: Send + Sync {
 pub trait CreditStore: Send + Sync {
     /// Atomically moves `amount` from the balance to a hold, or refuses.
     async fn hold(&self, hold: &HoldRequest) -> StoreResult<HoldResult>;
-    /// Marks a hold as sent upstream (decides what the sweeper does with it).
-    async fn mark_sent(&self, hold_id: &str) -> StoreResult<()>;
     /// Resolves the hold `usage.hold_id` (if it is still open) by charging
     /// `usage.cost` and returning the rest, and writes the usage record, in
     /// one transaction. A second call for the same hold changes nothing.

@@ -1,8 +1,11 @@
 //! The embedded SQLite store (the default): one file, WAL mode, versioned
 //! migrations applied at open.
 //!
-//! Writes go through a pool of ONE connection, so writers queue in the pool
-//! instead of spinning on SQLite's busy handler; reads use their own pool.
+//! The per-request money path (holds, sent marks, settlements) is group
+//! committed on a connection of its own (`sqlite_batch.rs`). Every other
+//! write goes through a pool of ONE connection, so those writers queue in
+//! the pool; reads use their own pool. The two writing connections meet
+//! only at SQLite's write lock, which the busy timeout covers.
 //! Every transaction that moves money starts with `BEGIN IMMEDIATE`, so it
 //! holds the write lock from its first statement, and the busy timeout
 //! covers another process (the CLI) holding the lock.
@@ -16,8 +19,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
 
+use super::sqlite_batch::{Batcher, Done, Op};
 use super::{
     Claim, Closeable, CreditKind, CreditResult, CreditStore, CreditTotals, HoldRequest, HoldResult,
     IdempotencyClaim, IdempotencyStore, KeyLimits, KeyPatch, KeyRecord, KeyStore, LedgerRow,
@@ -36,9 +40,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Holds, sent marks and settlements: group-committed on their own
+    /// connection.
+    pub(super) batch: Batcher,
 }
 
-fn unavailable(e: sqlx::Error) -> StoreError {
+pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() || db.is_check_violation() => {
             StoreError::Conflict(db.message().to_string())
@@ -128,10 +135,17 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        Ok(Self { writer, reader })
+        let batch = Batcher::start(options.connect().await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+        })?);
+        Ok(Self {
+            writer,
+            reader,
+            batch,
+        })
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
@@ -201,6 +215,7 @@ async fn balance_of(
 #[async_trait]
 impl Closeable for SqliteStore {
     async fn close(&self) {
+        self.batch.close().await;
         self.writer.close().await;
         self.reader.close().await;
     }
@@ -357,112 +372,36 @@ impl KeyStore for SqliteStore {
 #[async_trait]
 impl CreditStore for SqliteStore {
     async fn hold(&self, hold: &HoldRequest) -> StoreResult<HoldResult> {
-        let mut tx = self.begin().await?;
-        let debited = sqlx::query(
-            "UPDATE api_keys SET balance = balance - ?1 WHERE id = ?2 AND balance IS NOT NULL AND balance >= ?1",
-        )
-        .bind(hold.amount)
-        .bind(&hold.key_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if debited.rows_affected() == 0 {
-            let balance = balance_of(&mut tx, &hold.key_id).await?;
-            tx.rollback().await.map_err(unavailable)?;
-            return Ok(match balance {
-                None => HoldResult::NoKey,
-                Some(None) => HoldResult::Unlimited,
-                Some(Some(balance)) => HoldResult::Insufficient { balance },
-            });
+        // A request waits for its hold at most ACQUIRE_TIMEOUT, then counts
+        // the store as unavailable and is not sent. Its hold may still be
+        // committed after that: the release queued behind it gives it back.
+        let placed =
+            tokio::time::timeout(ACQUIRE_TIMEOUT, self.batch.submit(Op::Hold(hold.clone())));
+        let done = match placed.await {
+            Ok(done) => done?,
+            Err(_) => {
+                self.batch.submit_detached(Op::Release {
+                    hold_id: hold.hold_id.clone(),
+                    request_id: hold.request_id.clone(),
+                    at: hold.now,
+                });
+                return Err(StoreError::Unavailable(
+                    "the store did not place the hold within 1 s".into(),
+                ));
+            }
+        };
+        match done {
+            Done::Hold(result) => Ok(result),
+            Done::Settled => Err(StoreError::Conflict(
+                "the batch writer answered a hold without its result".into(),
+            )),
         }
-        sqlx::query(
-            "INSERT INTO holds (hold_id, request_id, key_id, amount, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&hold.hold_id)
-        .bind(&hold.request_id)
-        .bind(&hold.key_id)
-        .bind(hold.amount)
-        .bind(hold.now)
-        .bind(hold.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        ledger_row(
-            &mut tx,
-            Entry {
-                key_id: &hold.key_id,
-                kind: "hold",
-                amount: -hold.amount,
-                cost: 0,
-                request_id: Some(&hold.request_id),
-                note: None,
-                at: hold.now,
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(HoldResult::Held)
-    }
-
-    async fn mark_sent(&self, hold_id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE holds SET sent = 1 WHERE hold_id = ?")
-            .bind(hold_id)
-            .execute(&self.writer)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let hold: Option<(String, i64)> =
-            sqlx::query_as("DELETE FROM holds WHERE hold_id = ? RETURNING key_id, amount")
-                .bind(&usage.hold_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        if let Some((key_id, amount)) = hold {
-            let cost = usage.cost.clamp(0, amount);
-            let refund = amount - cost;
-            give_back(&mut tx, &key_id, refund).await?;
-            let kind = if cost == 0 { "release" } else { "settle" };
-            ledger_row(
-                &mut tx,
-                Entry {
-                    key_id: &key_id,
-                    kind,
-                    amount: refund,
-                    cost,
-                    request_id: Some(&usage.request_id),
-                    note: None,
-                    at: usage.created_at,
-                },
-            )
-            .await?;
-        }
-        sqlx::query(
-            "INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens, completion_tokens, cached_tokens, cost, status, outcome, latency_ms, streamed, cancelled, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&usage.hold_id)
-        .bind(&usage.request_id)
-        .bind(&usage.key_id)
-        .bind(&usage.model)
-        .bind(&usage.provider)
-        .bind(sql_count(usage.prompt_tokens))
-        .bind(sql_count(usage.completion_tokens))
-        .bind(sql_count(usage.cached_tokens))
-        .bind(usage.cost)
-        .bind(i64::from(usage.status))
-        .bind(&usage.outcome)
-        .bind(sql_count(usage.latency_ms))
-        .bind(usage.streamed as i64)
-        .bind(usage.cancelled as i64)
-        .bind(usage.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        // No deadline: a settlement runs to the end in its own task.
+        self.batch.submit(Op::Settle(usage.clone())).await?;
+        Ok(())
     }
 
     async fn credit(

@@ -242,6 +242,7 @@ async fn an_expired_hold_never_sent_upstream_is_released_in_full() {
             request_id: "r1".into(),
             key_id: id.clone(),
             amount: 600,
+            sent: false,
             now: 0,
             expires_at: 10,
         })
