@@ -210,6 +210,19 @@ impl Charge {
         self.pricing
     }
 
+    /// The model and endpoint now trying to answer: the usage is priced
+    /// at this model's rates (never above the hold) and recorded under it.
+    pub fn serve(&mut self, model: &str, provider: &str, prompt: NanoUsd, completion: NanoUsd) {
+        self.pricing.prompt = prompt;
+        self.pricing.completion = completion;
+        if self.spec.model != model {
+            self.spec.model = model.to_string();
+        }
+        if self.spec.provider != provider {
+            self.spec.provider = provider.to_string();
+        }
+    }
+
     /// Records that the request is going upstream. (The stored hold says
     /// so from the start: see `Billing::open`.)
     pub fn mark_sent(&mut self) {

@@ -9,6 +9,7 @@ use crate::accounts::{Accounts, AdminSecret, KeySpec};
 use crate::billing::{sweep_forever, Billing};
 use crate::config::{Config, StoreConfig};
 use crate::gateway::catalog::Catalog;
+use crate::gateway::router::Router;
 use crate::gateway::{Gateway, GatewayParts};
 use crate::middleware::limits::HeaderLimits;
 use crate::providers::{ProviderError, ProviderWarning, Registry};
@@ -68,6 +69,12 @@ impl AppState {
         let gateway = Gateway::new(GatewayParts {
             catalog: Catalog::new(&config.models, created),
             providers,
+            router: Arc::new(Router::new(config.routing)),
+            retry: config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.retry))
+                .collect(),
             limiter,
             billing,
             store: store.clone(),

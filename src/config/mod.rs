@@ -15,7 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use money::{parse_signed_usd, parse_usd, per_token_usd_string, usd_string, NanoUsd};
-use raw::{RawConfig, RawKeys, RawModel, RawProvider, RawServer, RawStore};
+use raw::{
+    RawConfig, RawEndpoint, RawKeys, RawModel, RawProvider, RawRouting, RawServer, RawStore,
+};
 
 /// The default configuration, compiled into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
@@ -30,6 +32,22 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub store: StoreConfig,
     pub keys: KeysConfig,
+    pub routing: RoutingConfig,
+}
+
+/// Health and retry rules shared by every endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutingConfig {
+    /// Consecutive failures that open an endpoint's circuit.
+    pub circuit_failures: u32,
+    /// How long a circuit first stays open; it doubles each time it opens
+    /// again without a success in between, up to `circuit_open_max`.
+    pub circuit_open: Duration,
+    pub circuit_open_max: Duration,
+    /// Retries allowed, as a percentage of requests (the retry budget).
+    pub retry_budget_percent: u32,
+    /// Retries always allowed, whatever the traffic.
+    pub retry_budget_min: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +94,21 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     pub headers: Vec<(String, String)>,
     pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+}
+
+/// How an endpoint of this provider is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts on one endpoint within one request, the first included.
+    pub max_attempts: u32,
+    /// Backoff before retry n: a uniform random delay in
+    /// [0, min(cap, base × 2^(n-1))] ("full jitter").
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// An upstream `Retry-After` up to this long is waited out; a longer
+    /// one moves the request to another endpoint.
+    pub retry_after_cap: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,8 +122,10 @@ pub struct Timeouts {
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub id: String,
+    /// The provider of the first endpoint (shown as `owned_by`).
     pub provider: String,
-    pub upstream: String,
+    /// Who serves the model; at least one.
+    pub endpoints: Vec<EndpointConfig>,
     pub name: String,
     /// Nano-USD per million prompt tokens.
     pub prompt_price: NanoUsd,
@@ -98,6 +133,17 @@ pub struct ModelConfig {
     pub completion_price: NanoUsd,
     pub context_length: Option<u64>,
     pub max_output_tokens: Option<u64>,
+}
+
+/// One provider serving a model under its own model name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub provider: String,
+    pub upstream: String,
+    /// Lower is tried first.
+    pub priority: u32,
+    /// Share of traffic among endpoints of the same priority.
+    pub weight: u32,
 }
 
 /// One thing wrong in a config file, phrased so that a person can fix it.
@@ -314,6 +360,7 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
     }
     let store = validate_store(&raw.store, &server, &providers, &mut check);
     let keys = validate_keys(&raw.keys, &mut check);
+    let routing = validate_routing(&raw.routing, &mut check);
     Config {
         source: source_name.to_string(),
         server,
@@ -321,6 +368,52 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
         models,
         store,
         keys,
+        routing,
+    }
+}
+
+fn validate_routing(raw: &RawRouting, check: &mut Checker<'_>) -> RoutingConfig {
+    let circuit_open = check.duration(
+        "routing.circuit_open",
+        raw.circuit_open.as_deref(),
+        Duration::from_secs(30),
+    );
+    let circuit_open_max = check.duration(
+        "routing.circuit_open_max",
+        raw.circuit_open_max.as_deref(),
+        Duration::from_secs(600),
+    );
+    if circuit_open_max < circuit_open {
+        check.report(
+            "routing.circuit_open_max",
+            "is shorter than circuit_open",
+            "make it at least circuit_open",
+        );
+    }
+    RoutingConfig {
+        circuit_failures: check.bounded(
+            "routing.circuit_failures",
+            raw.circuit_failures,
+            5,
+            1,
+            1000,
+        ) as u32,
+        circuit_open,
+        circuit_open_max,
+        retry_budget_percent: check.bounded(
+            "routing.retry_budget_percent",
+            raw.retry_budget_percent,
+            20,
+            0,
+            100,
+        ) as u32,
+        retry_budget_min: check.bounded(
+            "routing.retry_budget_min",
+            raw.retry_budget_min,
+            10,
+            0,
+            100_000,
+        ) as u32,
     }
 }
 
@@ -557,6 +650,24 @@ fn validate_provider(
             Duration::from_secs(600),
         ),
     };
+    let retry = RetryPolicy {
+        max_attempts: check.bounded(&at("max_attempts"), raw.max_attempts, 2, 1, 10) as u32,
+        backoff_base: check.duration(
+            &at("backoff_base"),
+            raw.backoff_base.as_deref(),
+            Duration::from_millis(200),
+        ),
+        backoff_cap: check.duration(
+            &at("backoff_cap"),
+            raw.backoff_cap.as_deref(),
+            Duration::from_secs(5),
+        ),
+        retry_after_cap: check.duration(
+            &at("retry_after_cap"),
+            raw.retry_after_cap.as_deref(),
+            Duration::from_secs(5),
+        ),
+    };
     Some(ProviderConfig {
         name,
         kind,
@@ -564,6 +675,7 @@ fn validate_provider(
         api_key_env: raw.api_key_env.clone(),
         headers,
         timeouts,
+        retry,
     })
 }
 
@@ -589,25 +701,93 @@ fn validate_model(
         );
         return None;
     };
-    let provider = raw.provider.clone().unwrap_or_else(|| prefix.to_string());
-    let upstream = raw.upstream.clone().unwrap_or_else(|| suffix.to_string());
-    match providers.get(provider.as_str()) {
-        None => check.report(
-            at("provider"),
-            format!("model {id:?} uses provider {provider:?}, which is not defined"),
-            "add a [[providers]] table with that name, or set provider = \"…\"",
-        ),
-        Some(ProviderKind::Mock) if !crate::providers::mock::is_known_model(&upstream) => check
-            .report(
-                at("upstream"),
-                format!("the mock provider has no model {upstream:?}"),
-                format!(
-                    "use one of: {}",
-                    crate::providers::mock::MODEL_NAMES.join(", ")
-                ),
+    let endpoints = match &raw.endpoints {
+        None => vec![RawEndpoint {
+            provider: Some(raw.provider.clone().unwrap_or_else(|| prefix.to_string())),
+            upstream: Some(raw.upstream.clone().unwrap_or_else(|| suffix.to_string())),
+            priority: None,
+            weight: None,
+        }],
+        Some(list) => {
+            if raw.provider.is_some() || raw.upstream.is_some() {
+                check.report(
+                    at("endpoints"),
+                    "is set together with provider/upstream",
+                    "list every provider in endpoints, and remove provider and upstream",
+                );
+            }
+            if list.is_empty() {
+                check.report(
+                    at("endpoints"),
+                    "is empty",
+                    "list at least one { provider = \"…\", upstream = \"…\" }",
+                );
+            }
+            list.iter()
+                .map(|e| RawEndpoint {
+                    provider: e.provider.clone(),
+                    upstream: Some(e.upstream.clone().unwrap_or_else(|| suffix.to_string())),
+                    priority: e.priority,
+                    weight: e.weight,
+                })
+                .collect()
+        }
+    };
+    let mut checked = Vec::new();
+    for (n, e) in endpoints.iter().enumerate() {
+        let key = |k: &str| match &raw.endpoints {
+            Some(_) => at(&format!("endpoints[{n}].{k}")),
+            None => at(k),
+        };
+        let Some(provider) = e.provider.clone() else {
+            check.report(
+                key("provider"),
+                "is missing",
+                "name one of the [[providers]]",
+            );
+            continue;
+        };
+        let upstream = e.upstream.clone().unwrap_or_default();
+        match providers.get(provider.as_str()) {
+            None => check.report(
+                key("provider"),
+                format!("model {id:?} uses provider {provider:?}, which is not defined"),
+                "add a [[providers]] table with that name, or set provider = \"…\"",
             ),
-        Some(_) => {}
+            Some(ProviderKind::Mock) if !crate::providers::mock::is_known_model(&upstream) => check
+                .report(
+                    key("upstream"),
+                    format!("the mock provider has no model {upstream:?}"),
+                    format!(
+                        "use one of: {}",
+                        crate::providers::mock::MODEL_NAMES.join(", ")
+                    ),
+                ),
+            Some(_) => {}
+        }
+        let priority = check.bounded(&key("priority"), e.priority, 1, 0, 1000) as u32;
+        let weight = check.bounded(&key("weight"), e.weight, 1, 1, 1000) as u32;
+        let endpoint = EndpointConfig {
+            provider,
+            upstream,
+            priority,
+            weight,
+        };
+        if checked.iter().any(|c: &EndpointConfig| {
+            c.provider == endpoint.provider && c.upstream == endpoint.upstream
+        }) {
+            check.report(
+                key("provider"),
+                "is listed twice",
+                "list each endpoint once",
+            );
+        }
+        checked.push(endpoint);
     }
+    let endpoints = checked;
+    let provider = endpoints
+        .first()
+        .map_or_else(|| prefix.to_string(), |e| e.provider.clone());
     let max_output_tokens = raw.max_output_tokens;
     if let (Some(ctx), Some(out)) = (raw.context_length, max_output_tokens) {
         if out > ctx {
@@ -642,7 +822,7 @@ fn validate_model(
         max_output_tokens,
         id,
         provider,
-        upstream,
+        endpoints,
     })
 }
 

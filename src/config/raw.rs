@@ -18,6 +18,17 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub keys: RawKeys,
+    #[serde(default)]
+    pub routing: RawRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRouting {
+    pub circuit_failures: Option<u64>,
+    pub circuit_open: Option<String>,
+    pub circuit_open_max: Option<String>,
+    pub retry_budget_percent: Option<u64>,
+    pub retry_budget_min: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +68,10 @@ pub struct RawProvider {
     pub first_byte_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub total_timeout: Option<String>,
+    pub max_attempts: Option<u64>,
+    pub backoff_base: Option<String>,
+    pub backoff_cap: Option<String>,
+    pub retry_after_cap: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,4 +84,13 @@ pub struct RawModel {
     pub completion_price: Option<toml::Value>,
     pub context_length: Option<u64>,
     pub max_output_tokens: Option<u64>,
+    pub endpoints: Option<Vec<RawEndpoint>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawEndpoint {
+    pub provider: Option<String>,
+    pub upstream: Option<String>,
+    pub priority: Option<u64>,
+    pub weight: Option<u64>,
 }

@@ -38,6 +38,11 @@ impl Catalog {
         })
     }
 
+    /// Every model, in config order.
+    pub fn models(&self) -> &[Arc<ModelConfig>] {
+        &self.ordered
+    }
+
     pub fn list_json(&self) -> Value {
         let data: Vec<Value> = self.ordered.iter().map(|m| self.describe(m)).collect();
         json!({"object": "list", "data": data})

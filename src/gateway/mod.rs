@@ -1,10 +1,12 @@
 //! The domain: what the gateway does with a request, independent of HTTP.
 //!
-//! `Gateway::chat` resolves the model, calls its provider within the
-//! provider's time limits, and returns either a complete JSON body or a
-//! stream of SSE frames. Before the first frame is committed every failure
-//! is a `GatewayError` (a real HTTP status); after it, failures become the
-//! stream's final error event (`relay`).
+//! `Gateway::chat` resolves the model and its fallbacks, asks the router
+//! for the endpoints to try, and calls them in turn (retrying, backing off
+//! and failing over) until one answers. It returns either a complete JSON
+//! body or a stream of SSE frames. Before the first content is committed
+//! every failure is a `GatewayError` (a real HTTP status) and may move the
+//! request to the next endpoint; after it, failures become the stream's
+//! final error event (`relay`).
 
 pub mod catalog;
 pub mod error;
@@ -12,11 +14,15 @@ pub mod json;
 pub mod record;
 pub mod relay;
 pub mod request;
+pub mod router;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
+use tokio::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
@@ -24,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::accounts::{model_allowed, now_ms, store_unavailable};
 use crate::billing::{estimate_prompt_tokens, Billing, Charge, ChargeSpec, Pricing};
-use crate::config::{usd_string, ModelConfig};
+use crate::config::{usd_string, ModelConfig, RetryPolicy};
 use crate::providers::{ChatCall, ChatReply, ProviderError, Registry};
 use crate::ratelimit::{LimitKind, RateLimiter, Refusal};
 use crate::store::{Claim, IdempotencyClaim, KeyRecord, Store};
@@ -34,6 +40,7 @@ use json::RawObject;
 use record::{Outcome, RequestContext, Usage};
 use relay::{ChunkRelay, Step, StreamLimits};
 use request::ChatRequest;
+use router::{backoff, Candidate, Router};
 
 /// Output tokens held for a model with no configured cap when the request
 /// names none either.
@@ -59,6 +66,9 @@ pub struct Caller {
 pub struct Gateway {
     pub catalog: Catalog,
     providers: Registry,
+    pub router: Arc<Router>,
+    /// Retry rules by provider name.
+    retry: HashMap<String, RetryPolicy>,
     limiter: Arc<dyn RateLimiter>,
     billing: Arc<Billing>,
     store: Store,
@@ -72,6 +82,8 @@ pub struct Gateway {
 pub struct GatewayParts {
     pub catalog: Catalog,
     pub providers: Registry,
+    pub router: Arc<Router>,
+    pub retry: HashMap<String, RetryPolicy>,
     pub limiter: Arc<dyn RateLimiter>,
     pub billing: Arc<Billing>,
     pub store: Store,
@@ -84,6 +96,8 @@ impl Gateway {
         Self {
             catalog: parts.catalog,
             providers: parts.providers,
+            router: parts.router,
+            retry: parts.retry,
             limiter: parts.limiter,
             billing: parts.billing,
             store: parts.store,
@@ -93,8 +107,8 @@ impl Gateway {
     }
 
     /// One Chat Completions request: rate limits, model permission,
-    /// idempotency, the credit hold, then the provider call. The charge
-    /// settles on every way out.
+    /// idempotency, the credit hold, then the attempts. The charge settles
+    /// on every way out.
     pub async fn chat(
         &self,
         body: &[u8],
@@ -102,7 +116,7 @@ impl Gateway {
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
         let key = &caller.key;
-        let request = ChatRequest::parse(body)?;
+        let mut request = ChatRequest::parse(body)?;
         let admitted = self
             .limiter
             .admit(&key.id, key.limits, request.max_tokens)
@@ -115,17 +129,18 @@ impl Gateway {
             }
         };
         ctx.record.update(|r| r.rate_limits = Some(limits));
-        let model = self.catalog.resolve(&request.model)?.clone();
-        if !model_allowed(&key.models, &model.id) {
-            return Err(GatewayError::new(
-                ErrorKind::Forbidden,
-                "permission_denied",
-                format!("This API key may not use model {}. It is limited to: {}. Ask the operator to widen the key's model patterns.", model.id, key.models.join(", ")),
+        let models = self.models_of(&request, key)?;
+        let plan = self.router.plan(&models, &request.prefs);
+        let Some(first) = plan.first() else {
+            return Err(GatewayError::bad_request(
+                "no_provider_left",
+                format!("The provider preferences leave no provider for {}. Its providers are: {}. Loosen provider.only / provider.ignore, or allow fallbacks.", models[0].id, provider_names(&models[0])),
+                Some("provider"),
             ));
-        }
+        };
         ctx.record.update(|r| {
-            r.model = Some(model.id.clone());
-            r.provider = Some(model.provider.clone());
+            r.model = Some(first.model.id.clone());
+            r.provider = Some(first.endpoint.provider.clone());
             r.streamed = request.stream;
         });
         let idempotency_key = match &caller.idempotency_key {
@@ -135,20 +150,23 @@ impl Gateway {
                 None => Some(idem.clone()),
             },
         };
+        // The hold covers the dearest model that may answer.
+        let most = |f: &dyn Fn(&ModelConfig) -> u64| models.iter().map(|m| f(m)).max().unwrap_or(0);
         let spec = ChargeSpec {
             key: key.clone(),
             request_id: ctx.request_id.clone(),
-            model: model.id.clone(),
-            provider: model.provider.clone(),
-            prompt: model.prompt_price,
-            completion: model.completion_price,
-            prompt_estimate: prompt_estimate(&request, &model),
-            max_output_tokens: max_output_tokens(request.max_tokens, &model),
+            model: first.model.id.clone(),
+            provider: first.endpoint.provider.clone(),
+            prompt: models.iter().map(|m| m.prompt_price).max().unwrap_or(0),
+            completion: models.iter().map(|m| m.completion_price).max().unwrap_or(0),
+            prompt_estimate: most(&|m| prompt_estimate(&request, m)),
+            max_output_tokens: most(&|m| max_output_tokens(request.max_tokens, m)),
             streamed: request.stream,
             idempotency_key,
         };
         let mut charge = self.billing.open(spec, permit).await?;
-        match self.call(request, &model, ctx, &mut charge).await {
+        self.router.on_request();
+        match self.attempts(&mut request, &plan, ctx, &mut charge).await {
             Ok(Reply::Complete(bytes)) => {
                 charge.finish(200, "ok", Some(&bytes)).await;
                 Ok(ChatOutcome::Complete(bytes))
@@ -159,6 +177,50 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    /// Every endpoint of every model and its health, for the admin.
+    pub fn endpoint_health(&self) -> Value {
+        self.router.snapshot(self.catalog.models())
+    }
+
+    /// The requested model and its fallbacks, each one the key may use.
+    fn models_of(
+        &self,
+        request: &ChatRequest,
+        key: &KeyRecord,
+    ) -> Result<Vec<Arc<ModelConfig>>, GatewayError> {
+        let primary = self.catalog.resolve(&request.model)?.clone();
+        let unknown: Vec<&str> = request
+            .fallbacks
+            .iter()
+            .filter(|id| self.catalog.resolve(id).is_err())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(GatewayError::bad_request(
+                "model_not_found",
+                format!("`models` names models this gateway does not serve: {}. Use ids from GET /api/v1/models.", unknown.join(", ")),
+                Some("models"),
+            ));
+        }
+        let mut models = vec![primary];
+        for id in &request.fallbacks {
+            models.push(self.catalog.resolve(id)?.clone());
+        }
+        let denied: Vec<&str> = models
+            .iter()
+            .filter(|m| !model_allowed(&key.models, &m.id))
+            .map(|m| m.id.as_str())
+            .collect();
+        if !denied.is_empty() {
+            return Err(GatewayError::new(
+                ErrorKind::Forbidden,
+                "permission_denied",
+                format!("This API key may not use model {}. It is limited to: {}. Ask the operator to widen the key's model patterns.", denied.join(", "), key.models.join(", ")),
+            ));
+        }
+        Ok(models)
     }
 
     /// Claims an `Idempotency-Key`. `Some` is the stored answer to replay.
@@ -217,29 +279,162 @@ impl Gateway {
         }
     }
 
-    /// Calls the provider within its time limits. A complete answer comes
-    /// back rewritten; a stream comes back once its first frame is known.
-    async fn call(
+    /// Tries the planned endpoints until one answers, model by model: the
+    /// fallback models in `models` only once every endpoint of the current
+    /// model has failed. Within a model, the first pass takes each
+    /// endpoint once, moving on at once after a failure; later passes retry
+    /// endpoints that have attempts left, after a backoff (or the
+    /// upstream's `Retry-After`). Only failures before any content reached
+    /// the client get here, so a retry never repeats content (UF-10).
+    async fn attempts(
         &self,
-        request: ChatRequest,
-        model: &ModelConfig,
+        request: &mut ChatRequest,
+        plan: &[Candidate],
         ctx: &RequestContext,
         charge: &mut Charge,
     ) -> Result<Reply, GatewayError> {
+        let mut run = Attempts {
+            notes: Vec::new(),
+            last: None,
+            reopens: None,
+            total: 0,
+        };
+        let mut rest = plan;
+        while let Some(first) = rest.first() {
+            let same = rest
+                .iter()
+                .take_while(|c| c.model.id == first.model.id)
+                .count();
+            let (group, next) = rest.split_at(same);
+            rest = next;
+            match self.try_model(request, group, ctx, charge, &mut run).await {
+                Ok(reply) => return Ok(reply),
+                Err(Some(final_error)) => return Err(final_error),
+                Err(None) => {}
+            }
+        }
+        Err(run.all_failed())
+    }
+
+    /// The endpoints of one model. `Err(None)`: all failed, the next model
+    /// may try; `Err(Some(e))`: the request ends with `e`.
+    async fn try_model(
+        &self,
+        request: &mut ChatRequest,
+        group: &[Candidate],
+        ctx: &RequestContext,
+        charge: &mut Charge,
+        run: &mut Attempts,
+    ) -> Result<Reply, Option<GatewayError>> {
+        let mut tries = vec![0u32; group.len()];
+        let mut waits: Vec<Option<Duration>> = vec![None; group.len()];
+        loop {
+            let mut tried = false;
+            for (i, candidate) in group.iter().enumerate() {
+                let endpoint = &candidate.endpoint;
+                let policy = self.retry_policy(&endpoint.provider);
+                if tries[i] >= policy.max_attempts {
+                    continue;
+                }
+                if let Err(until) = self.router.admit(endpoint) {
+                    run.notes.push(format!(
+                        "{} via {}: circuit open",
+                        candidate.model.id, endpoint.provider
+                    ));
+                    run.reopens = Some(run.reopens.map_or(until, |r| r.min(until)));
+                    tries[i] = u32::MAX;
+                    continue;
+                }
+                if run.total > 0 && !self.router.take_retry() {
+                    run.notes.push("retry budget used up".into());
+                    return Err(Some(run.all_failed()));
+                }
+                if tries[i] > 0 {
+                    let delay = waits[i]
+                        .take()
+                        .unwrap_or_else(|| backoff(&policy, tries[i]));
+                    tokio::time::sleep(delay).await;
+                }
+                tries[i] += 1;
+                run.total += 1;
+                tried = true;
+                let total = run.total;
+                ctx.record.update(|r| {
+                    r.model = Some(candidate.model.id.clone());
+                    r.provider = Some(endpoint.provider.clone());
+                    r.attempts = total;
+                });
+                charge.serve(
+                    &candidate.model.id,
+                    &endpoint.provider,
+                    candidate.model.prompt_price,
+                    candidate.model.completion_price,
+                );
+                match self.attempt(request, candidate, ctx, charge).await {
+                    Ok(reply) => {
+                        self.router.record(endpoint, true);
+                        return Ok(reply);
+                    }
+                    Err(failure) => {
+                        self.router.record(endpoint, !failure.unhealthy);
+                        run.notes.push(format!(
+                            "{} via {}: {}",
+                            candidate.model.id, endpoint.provider, failure.summary
+                        ));
+                        match failure.retry {
+                            Retry::Never => return Err(Some(failure.error)),
+                            Retry::Elsewhere => tries[i] = u32::MAX,
+                            Retry::After(d) if d <= policy.retry_after_cap => waits[i] = Some(d),
+                            Retry::After(_) => tries[i] = u32::MAX,
+                            Retry::Backoff => {}
+                        }
+                        run.last = Some(failure.error);
+                    }
+                }
+            }
+            if !tried {
+                return Err(None);
+            }
+        }
+    }
+
+    fn retry_policy(&self, provider: &str) -> RetryPolicy {
+        self.retry.get(provider).copied().unwrap_or(RetryPolicy {
+            max_attempts: 1,
+            backoff_base: Duration::ZERO,
+            backoff_cap: Duration::ZERO,
+            retry_after_cap: Duration::ZERO,
+        })
+    }
+
+    /// One call to one endpoint within its time limits. A complete answer
+    /// comes back rewritten; a stream comes back once its first content is
+    /// known.
+    async fn attempt(
+        &self,
+        request: &mut ChatRequest,
+        candidate: &Candidate,
+        ctx: &RequestContext,
+        charge: &mut Charge,
+    ) -> Result<Reply, Failure> {
+        let model = &candidate.model;
         let provider = self
             .providers
-            .get(&model.provider)
-            .ok_or_else(|| {
-                GatewayError::internal(format!(
+            .get(&candidate.endpoint.provider)
+            .ok_or_else(|| Failure {
+                error: GatewayError::internal(format!(
                     "no provider {:?} for model {}",
-                    model.provider, model.id
-                ))
+                    candidate.endpoint.provider, model.id
+                )),
+                retry: Retry::Elsewhere,
+                unhealthy: false,
+                summary: "not configured".into(),
             })?
             .clone();
         let timeouts = provider.timeouts();
         let (stream, client_wants_usage) = (request.stream, request.client_wants_usage);
         let call = ChatCall {
-            body: request.into_upstream_body(&model.upstream),
+            body: request.upstream_body(&candidate.endpoint.upstream),
             stream,
         };
         charge.mark_sent();
@@ -253,12 +448,12 @@ impl Gateway {
             .await
             .map_err(|_| ProviderError::Timeout(format!("no answer within {limit:?}")))
             .and_then(|r| r)
-            .map_err(|e| upstream_error(provider.name(), e))?;
+            .map_err(|e| Failure::of(provider.name(), e))?;
 
         match reply {
             ChatReply::Complete(bytes) => {
                 let done = rewrite_completion(&bytes, &model.id, charge.pricing())
-                    .map_err(|e| upstream_error(provider.name(), e))?;
+                    .map_err(|e| Failure::of(provider.name(), e))?;
                 charge.set_usage(done.usage);
                 charge.set_delivered(done.delivered_tokens);
                 ctx.record.update(|r| {
@@ -270,28 +465,35 @@ impl Gateway {
             ChatReply::Stream(mut events) => {
                 let mut relay = ChunkRelay::new(provider.name(), &model.id, client_wants_usage)
                     .priced(charge.pricing());
-                // Hold the 200 until the upstream has said something real,
-                // so an early failure is still an honest HTTP status.
+                // Hold the 200, and every frame, until the upstream has sent
+                // real content: a failure before that is still an honest
+                // HTTP status, or a move to the next endpoint (UF-09).
                 let first_byte_deadline = started + timeouts.first_byte;
-                let first_frame = loop {
-                    let next = tokio::time::timeout_at(first_byte_deadline.into(), events.next())
+                let mut held = BytesMut::new();
+                let finished = loop {
+                    let next = tokio::time::timeout_at(first_byte_deadline, events.next())
                         .await
                         .map_err(|_| {
                             ProviderError::Timeout(format!(
-                                "no first event within {:?}",
+                                "no content within {:?}",
                                 timeouts.first_byte
                             ))
                         });
                     let step = match next {
-                        Err(e) | Ok(Some(Err(e))) => Step::Fail(upstream_error(provider.name(), e)),
+                        Err(e) | Ok(Some(Err(e))) => return Err(Failure::of(provider.name(), e)),
                         Ok(Some(Ok(data))) => relay.on_event(&data),
                         Ok(None) => relay.on_eof(),
                     };
                     match step {
-                        Step::Send(frame) => break Some(frame),
+                        Step::Send(frame) => {
+                            held.extend_from_slice(&frame);
+                            if relay.has_content() {
+                                break false;
+                            }
+                        }
                         Step::Skip => {}
-                        Step::Fail(e) => return Err(e),
-                        Step::Done => break None,
+                        Step::Fail(e) => return Err(Failure::stream(e)),
+                        Step::Done => break true,
                     }
                 };
                 let limits = StreamLimits {
@@ -300,15 +502,131 @@ impl Gateway {
                     max_duration: self.max_stream_duration,
                 };
                 let ctx = ctx.clone();
-                Ok(Reply::Stream(Box::new(move |charge| match first_frame {
-                    Some(first_frame) => {
-                        relay::relay(relay, first_frame, events, limits, ctx, charge)
+                let held = held.freeze();
+                Ok(Reply::Stream(Box::new(move |charge| {
+                    if finished {
+                        relay::finished(relay, held, ctx, charge)
+                    } else {
+                        relay::relay(relay, held, events, limits, ctx, charge)
                     }
-                    None => relay::finished(relay, ctx, charge),
                 })))
             }
         }
     }
+}
+
+/// How a failed attempt may be followed up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The answer is final (an upstream 4xx): no retry, no failover (UF-11).
+    Never,
+    /// Not this endpoint again in this request; another one may serve it.
+    Elsewhere,
+    /// The upstream asked for this delay (429 `Retry-After`).
+    After(Duration),
+    /// This endpoint again after a backoff, or another one now.
+    Backoff,
+}
+
+/// One failed attempt: the client-facing error, and what to do next.
+struct Failure {
+    error: GatewayError,
+    retry: Retry,
+    /// Counts against the endpoint's circuit.
+    unhealthy: bool,
+    /// How the attempt ended, for the final message ("503", "timeout").
+    summary: String,
+}
+
+impl Failure {
+    fn of(provider: &str, e: ProviderError) -> Self {
+        let (retry, unhealthy, summary) = match &e {
+            ProviderError::Upstream {
+                status: 429,
+                retry_after,
+                ..
+            } => (
+                retry_after.map_or(Retry::Backoff, Retry::After),
+                false,
+                "429".to_string(),
+            ),
+            ProviderError::Upstream {
+                status: status @ (408 | 500 | 502 | 503 | 504),
+                ..
+            } => (Retry::Backoff, true, status.to_string()),
+            ProviderError::Upstream { status, .. } => (Retry::Never, false, status.to_string()),
+            ProviderError::Transport(_) => (Retry::Backoff, true, "connection failed".into()),
+            // A silent endpoint stays silent: move on without waiting for
+            // it again (UF-05).
+            ProviderError::Timeout(phase) => (Retry::Elsewhere, true, format!("timeout ({phase})")),
+            ProviderError::Decode(_) => (Retry::Elsewhere, true, "invalid response".into()),
+            ProviderError::StreamError(_) => (Retry::Elsewhere, true, "error event".into()),
+            ProviderError::NotConfigured(_) => (Retry::Elsewhere, false, "not configured".into()),
+            ProviderError::Rehearsal(_) => (Retry::Never, false, "mock fault".into()),
+        };
+        Self {
+            error: upstream_error(provider, e),
+            retry,
+            unhealthy,
+            summary,
+        }
+    }
+
+    /// A failure the relay found in a stream before its first content.
+    fn stream(error: GatewayError) -> Self {
+        Self {
+            summary: error.code.to_string(),
+            error,
+            retry: Retry::Elsewhere,
+            unhealthy: true,
+        }
+    }
+}
+
+/// What the attempts of one request have been through so far.
+struct Attempts {
+    /// "model via provider: how it ended", one per attempt or skip.
+    notes: Vec<String>,
+    last: Option<GatewayError>,
+    /// The soonest moment a circuit that kept an endpoint out reopens.
+    reopens: Option<Instant>,
+    total: u32,
+}
+
+impl Attempts {
+    /// The answer when no endpoint served the request: the last failure's
+    /// status and code, with every attempt listed. When circuits kept
+    /// endpoints out, `Retry-After` says when the first one may be tried.
+    fn all_failed(&mut self) -> GatewayError {
+        let tried = self.notes.join("; ");
+        let mut error = match self.last.take() {
+            Some(e) if self.notes.len() <= 1 => return e,
+            Some(mut e) => {
+                e.message = format!("{} Tried {} time(s): {tried}.", e.message, self.total);
+                e
+            }
+            None => GatewayError::unavailable(
+                "providers_down",
+                format!("Every provider of this model is failing and paused: {tried}. Retry after the Retry-After delay."),
+            ),
+        };
+        if let Some(at) = self.reopens {
+            if error.retry_after.is_none() {
+                let wait = at.saturating_duration_since(Instant::now());
+                error = error.with_retry_after(wait.max(Duration::from_secs(1)));
+            }
+        }
+        error
+    }
+}
+
+fn provider_names(model: &ModelConfig) -> String {
+    let names: Vec<&str> = model
+        .endpoints
+        .iter()
+        .map(|e| e.provider.as_str())
+        .collect();
+    names.join(", ")
 }
 
 /// What `Gateway::call` produced: a complete body, or a stream that

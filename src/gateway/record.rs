@@ -49,6 +49,8 @@ pub struct RecordFields {
     pub replayed: bool,
     pub model: Option<String>,
     pub provider: Option<String>,
+    /// Upstream attempts made (retries and failovers included).
+    pub attempts: u32,
     pub usage: Option<Usage>,
     pub streamed: bool,
     pub outcome: Outcome,

@@ -186,6 +186,12 @@ impl ChunkRelay {
         self.usage
     }
 
+    /// Whether the client has been given real content (text, a tool
+    /// call) or the answer's end: from then on the answer is committed.
+    pub fn has_content(&self) -> bool {
+        self.delivered.pieces > 0 || self.finished
+    }
+
     /// Completion tokens delivered so far, estimated from the text.
     pub fn delivered_tokens(&self) -> u64 {
         self.delivered.tokens()
@@ -334,14 +340,15 @@ fn frame(value: &Value) -> Bytes {
     out.into()
 }
 
-/// Relays the rest of an upstream stream after its first frame was sent.
+/// Relays the rest of an upstream stream after its first frames (held
+/// until the first content) were sent.
 /// Ends with `[DONE]` on success, or with one error event on failure; the
 /// charge is settled before that last frame goes out. If the client leaves
 /// first, dropping the stream drops the charge, which settles from what
 /// had been delivered.
 pub fn relay(
     mut relay: ChunkRelay,
-    first_frame: Bytes,
+    first_frames: Bytes,
     mut events: EventStream,
     limits: StreamLimits,
     ctx: RequestContext,
@@ -350,7 +357,7 @@ pub fn relay(
     async_stream::stream! {
         charge.set_usage(relay.usage());
         charge.set_delivered(relay.delivered_tokens());
-        yield first_frame;
+        yield first_frames;
         let deadline = Instant::now() + limits.max_duration;
         let mut last_event = Instant::now();
         let mut last_write = last_event;
@@ -418,13 +425,18 @@ pub fn relay(
     .boxed()
 }
 
-/// A stream whose upstream finished before sending anything to relay.
+/// A stream whose upstream finished (`[DONE]`) before any content: the
+/// frames it did send (if any), then `[DONE]`.
 pub fn finished(
     relay: ChunkRelay,
+    frames: Bytes,
     ctx: RequestContext,
     mut charge: Charge,
 ) -> BoxStream<'static, Bytes> {
     async_stream::stream! {
+        if !frames.is_empty() {
+            yield frames;
+        }
         let usage = relay.usage();
         charge.set_usage(usage);
         ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });

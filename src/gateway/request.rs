@@ -1,10 +1,16 @@
 //! Reading a Chat Completions request: a typed view of the few fields the
 //! gateway acts on, while the whole body travels on as JSON, untouched
-//! except for the changes `into_upstream_body` makes.
+//! except for the changes `upstream_body` makes. The routing fields
+//! `models` and `provider` are read here and never sent upstream.
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::error::GatewayError;
+use super::router::ProviderPrefs;
+
+/// The most fallback models a request may list in `models`.
+pub const MAX_FALLBACKS: usize = 8;
 
 /// Body fields that would let a client redirect the gateway or swap its
 /// credentials (SEC-06). They are removed, never honoured.
@@ -20,6 +26,10 @@ pub struct ChatRequest {
     pub client_wants_usage: bool,
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<u64>,
+    /// `models`: tried in order after `model` (OpenRouter's fallbacks).
+    pub fallbacks: Vec<String>,
+    /// `provider`: which providers may serve it, in which order.
+    pub prefs: ProviderPrefs,
 }
 
 impl ChatRequest {
@@ -67,22 +77,29 @@ impl ChatRequest {
             Some(Value::Array(tools)) if tools.iter().all(Value::is_object) => {}
             Some(_) => return Err(wrong_type("tools", "an array of tool objects")),
         }
+        // Routing fields are the gateway's; they never go upstream.
+        let fallbacks = fallbacks(body.remove("models"), &model)?;
+        let prefs = provider_prefs(body.remove("provider"))?;
         Ok(Self {
             body,
             model,
             stream,
             client_wants_usage,
             max_tokens,
+            fallbacks,
+            prefs,
         })
     }
 
-    /// The body sent upstream: the upstream model name, and for streams a
-    /// request for the usage chunk (the gateway always needs the usage).
-    pub fn into_upstream_body(self, upstream_model: &str) -> Value {
-        let mut body = self.body;
-        body.insert("model".into(), Value::String(upstream_model.to_string()));
+    /// The body for one upstream attempt: the endpoint's model name, and
+    /// for streams a request for the usage chunk (the gateway always needs
+    /// the usage).
+    pub fn upstream_body(&mut self, upstream_model: &str) -> Bytes {
+        self.body
+            .insert("model".into(), Value::String(upstream_model.to_string()));
         if self.stream {
-            let options = body
+            let options = self
+                .body
                 .entry("stream_options")
                 .or_insert_with(|| Value::Object(Map::new()));
             if !options.is_object() {
@@ -90,8 +107,74 @@ impl ChatRequest {
             }
             options["include_usage"] = Value::Bool(true);
         }
-        Value::Object(body)
+        serde_json::to_vec(&self.body)
+            .expect("a JSON map always serializes")
+            .into()
     }
+}
+
+fn strings(value: &Value, field: &str) -> Result<Vec<String>, GatewayError> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+                _ => Err(wrong_type(field, "an array of non-empty strings")),
+            })
+            .collect(),
+        _ => Err(wrong_type(field, "an array of strings")),
+    }
+}
+
+fn fallbacks(value: Option<Value>, model: &str) -> Result<Vec<String>, GatewayError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<String> = Vec::new();
+    for id in strings(&value, "models")? {
+        if id != model && !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    if out.len() > MAX_FALLBACKS {
+        return Err(GatewayError::bad_request(
+            "too_many_models",
+            format!("`models` lists {} fallback models; at most {MAX_FALLBACKS} are tried. Shorten the list.", out.len()),
+            Some("models"),
+        ));
+    }
+    Ok(out)
+}
+
+fn provider_prefs(value: Option<Value>) -> Result<ProviderPrefs, GatewayError> {
+    let mut prefs = ProviderPrefs::any();
+    let object = match value {
+        None | Some(Value::Null) => return Ok(prefs),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(wrong_type(
+                "provider",
+                "an object such as {\"order\": [\"openai\"], \"allow_fallbacks\": false}",
+            ))
+        }
+    };
+    // Other preference fields OpenRouter knows (sort, data_collection, …)
+    // have no meaning for a self-hosted catalog and are ignored.
+    if let Some(order) = object.get("order").filter(|v| !v.is_null()) {
+        prefs.order = strings(order, "provider.order")?;
+    }
+    if let Some(only) = object.get("only").filter(|v| !v.is_null()) {
+        prefs.only = Some(strings(only, "provider.only")?);
+    }
+    if let Some(ignore) = object.get("ignore").filter(|v| !v.is_null()) {
+        prefs.ignore = strings(ignore, "provider.ignore")?;
+    }
+    match object.get("allow_fallbacks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => prefs.allow_fallbacks = *b,
+        Some(_) => return Err(wrong_type("provider.allow_fallbacks", "true or false")),
+    }
+    Ok(prefs)
 }
 
 fn json_error(e: serde_json::Error) -> GatewayError {
@@ -242,15 +325,43 @@ mod tests {
 
     #[test]
     fn the_upstream_body_keeps_unknown_fields_and_forces_usage() {
-        let req = parse(json!({"model": "p/m", "messages": [{"role": "user"}], "stream": true,
-            "seed": 7, "logprobs": true, "x_vendor": {"a": [1, 2]}, "api_base": "http://evil", "api_key": "k"}))
+        let mut req = parse(json!({"model": "p/m", "messages": [{"role": "user"}], "stream": true,
+            "seed": 7, "logprobs": true, "x_vendor": {"a": [1, 2]}, "api_base": "http://evil", "api_key": "k",
+            "models": ["p/m", "q/m", "q/m"], "provider": {"order": ["q"], "sort": "price"}}))
         .unwrap();
         assert!(!req.client_wants_usage);
-        let up = req.into_upstream_body("m-up");
+        assert_eq!(req.fallbacks, ["q/m"]);
+        assert_eq!(req.prefs.order, ["q"]);
+        assert!(req.prefs.allow_fallbacks);
+        let up: Value = serde_json::from_slice(&req.upstream_body("m-up")).unwrap();
+        assert!(up.get("models").is_none() && up.get("provider").is_none());
         assert_eq!(up["model"], "m-up");
         assert_eq!(up["seed"], 7);
         assert_eq!(up["x_vendor"], json!({"a": [1, 2]}));
         assert_eq!(up["stream_options"]["include_usage"], true);
         assert!(up.get("api_base").is_none() && up.get("api_key").is_none());
+    }
+
+    #[test]
+    fn routing_fields_are_checked() {
+        let bad = |extra: Value| {
+            let mut body = json!({"model": "p/m", "messages": [{"role": "user", "content": "x"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse(body).unwrap_err().param
+        };
+        assert_eq!(bad(json!({"models": "q/m"})).as_deref(), Some("models"));
+        assert_eq!(bad(json!({"models": [1]})).as_deref(), Some("models"));
+        assert_eq!(
+            bad(json!({"provider": {"order": "q"}})).as_deref(),
+            Some("provider.order")
+        );
+        assert_eq!(
+            bad(json!({"provider": {"allow_fallbacks": "no"}})).as_deref(),
+            Some("provider.allow_fallbacks")
+        );
+        let many: Vec<String> = (0..9).map(|i| format!("p/m{i}")).collect();
+        assert_eq!(bad(json!({"models": many})).as_deref(), Some("models"));
     }
 }

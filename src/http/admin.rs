@@ -385,3 +385,8 @@ pub async fn credits(State(state): State<AppState>) -> Result<Response, ApiError
     })
     .into_response())
 }
+
+/// `GET /api/v1/providers`: every model endpoint and its circuit state.
+pub async fn providers(State(state): State<AppState>) -> Json<Value> {
+    Json(state.gateway.endpoint_health())
+}

@@ -54,11 +54,25 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&ctx.request_id) {
         response.headers_mut().insert(HEADER, value);
     }
-    let limits = ctx.record.read(|r| r.rate_limits);
+    let (limits, served_by) = ctx.record.read(|r| {
+        let served_by = (r.attempts > 0)
+            .then(|| r.provider.clone().map(|p| (p, r.attempts)))
+            .flatten();
+        (r.rate_limits, served_by)
+    });
     for (name, value) in limits.iter().flat_map(|l| l.headers()) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, value);
         }
+    }
+    // Which provider answered (or failed last), after how many attempts.
+    if let Some((provider, attempts)) = served_by {
+        if let Ok(value) = HeaderValue::from_str(&provider) {
+            response.headers_mut().insert("x-mume-provider", value);
+        }
+        response
+            .headers_mut()
+            .insert("x-mume-attempts", HeaderValue::from(attempts));
     }
     let line = AccessLine {
         ctx,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use serde_json::Value;
 
 use crate::config::{Config, ProviderKind, Timeouts};
 pub use error::ProviderError;
@@ -24,7 +23,8 @@ pub use error::ProviderError;
 /// the upstream model name and every field the client sent that we pass on.
 #[derive(Debug)]
 pub struct ChatCall {
-    pub body: Value,
+    /// The JSON body, serialized.
+    pub body: bytes::Bytes,
     pub stream: bool,
 }
 

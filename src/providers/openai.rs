@@ -108,8 +108,7 @@ impl Provider for OpenAiProvider {
             .auth
             .as_ref()
             .map_err(|m| ProviderError::NotConfigured(m.clone()))?;
-        let body =
-            serde_json::to_vec(&call.body).map_err(|e| ProviderError::Decode(e.to_string()))?;
+        let body = call.body;
         let mut request = self
             .client
             .post(self.url.clone())

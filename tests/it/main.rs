@@ -19,6 +19,7 @@ mod models;
 mod passthrough;
 mod request_id;
 mod responses;
+mod routing;
 mod server;
 mod shutdown;
 mod stream_failures;

@@ -66,8 +66,8 @@ impl Provider for MockProvider {
     }
 
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
-        let model = call
-            .body
+        let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        let model = body
             .get("model")
             .and_then(Value::as_str)
             .unwrap_or_default()
@@ -75,7 +75,7 @@ impl Provider for MockProvider {
         if let Some(error) = rehearsal(&model) {
             return Err(ProviderError::Rehearsal(error));
         }
-        let reply = MockReply::answer(&call.body);
+        let reply = MockReply::answer(&body);
         match (model.as_str(), call.stream) {
             ("silent", _) | ("stall", false) => futures::future::pending().await,
             ("cut", false) => Err(ProviderError::Transport(
@@ -83,8 +83,7 @@ impl Provider for MockProvider {
             )),
             (_, false) => Ok(ChatReply::Complete(reply.completion().to_string().into())),
             (_, true) => {
-                let include_usage = call
-                    .body
+                let include_usage = body
                     .pointer("/stream_options/include_usage")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);

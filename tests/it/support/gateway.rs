@@ -208,6 +208,7 @@ pub struct GatewayConfig {
     server: toml::Table,
     provider: toml::Table,
     model: toml::Table,
+    routing: toml::Table,
 }
 
 impl GatewayConfig {
@@ -227,6 +228,12 @@ impl GatewayConfig {
         ] {
             provider.insert(k.into(), v.into());
         }
+        // One attempt and a circuit that never opens: tests of other
+        // features see each upstream answer as it is (tests/it/routing.rs
+        // covers retries and circuits).
+        provider.insert("max_attempts".into(), 1.into());
+        let mut routing = toml::Table::new();
+        routing.insert("circuit_failures".into(), 1000.into());
         let mut model = toml::Table::new();
         model.insert("id".into(), "up/m".into());
         model.insert("upstream".into(), "m-upstream".into());
@@ -234,6 +241,7 @@ impl GatewayConfig {
             server,
             provider,
             model,
+            routing,
         }
     }
 
@@ -264,6 +272,7 @@ impl GatewayConfig {
             toml::Value::Array(vec![self.provider.clone().into()]),
         );
         root.insert("models".into(), toml::Value::Array(vec![model.into()]));
+        root.insert("routing".into(), self.routing.clone().into());
         toml::to_string(&root).expect("config renders")
     }
 }

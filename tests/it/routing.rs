@@ -1,0 +1,708 @@
+//! Routing and resilience: several endpoints per model, retries with
+//! backoff, `models` fallbacks, provider preferences, circuit breaking,
+//! the retry budget (UF-01..UF-05, UF-10..UF-13, CR-07).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::IntoResponse;
+use futures::StreamExt;
+use mume_gateway::accounts::KeySpec;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::support::upstream::{answer, chunk, completion, read_request, respond, RawUpstream};
+use crate::support::{
+    assert_stream_failed, chat_body, client, content_of, error_reply, keyed, request_id, Play, Sse,
+    TestGateway, Upstream,
+};
+
+const ADMIN: &str = "admin-secret-for-routing-tests";
+
+/// A gateway config: providers `(name, base_url)` sharing `provider_settings`,
+/// then `rest` (models, routing) as written.
+fn config(providers: &[(&str, &str)], provider_settings: &str, rest: &str) -> String {
+    let mut out = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+    for (name, url) in providers {
+        out.push_str(&format!(
+            "\n[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{url}\"\nbackoff_base = \"10ms\"\nbackoff_cap = \"50ms\"\n{provider_settings}\n"
+        ));
+    }
+    out.push('\n');
+    out.push_str(rest);
+    out
+}
+
+/// Model `up/m` served by the named providers, in this order of priority.
+fn model_on(providers: &[&str]) -> String {
+    let endpoints: Vec<String> = providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "{{ provider = \"{p}\", upstream = \"m\", priority = {} }}",
+                i + 1
+            )
+        })
+        .collect();
+    format!(
+        "[[models]]\nid = \"up/m\"\nendpoints = [{}]\n",
+        endpoints.join(", ")
+    )
+}
+
+async fn gateway(toml: &str) -> TestGateway {
+    TestGateway::start_with_env(toml, &[("MUME_ADMIN_KEY", ADMIN)]).await
+}
+
+/// One scripted answer: status, headers, JSON body.
+type Reply = (u16, Vec<(String, String)>, Value);
+
+/// An upstream answering with `replies` in turn (the last one repeats).
+async fn scripted(replies: Vec<Reply>) -> Upstream {
+    let calls = Arc::new(AtomicUsize::new(0));
+    Upstream::start(move |_| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let (status, headers, body) = replies[n.min(replies.len() - 1)].clone();
+        async move { respond(status, &headers, Body::from(body.to_string())) }
+    })
+    .await
+}
+
+fn ok() -> Reply {
+    (200, vec![], completion("hello"))
+}
+
+fn status(code: u16) -> Reply {
+    (
+        code,
+        vec![],
+        json!({"error": {"message": format!("upstream says {code}")}}),
+    )
+}
+
+fn header<'a>(reply: &'a reqwest::Response, name: &str) -> &'a str {
+    reply
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn uf01_a_429_with_retry_after_is_waited_out_on_the_only_endpoint() {
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let seen = times.clone();
+    let upstream = Upstream::start(move |_| {
+        let times = seen.clone();
+        async move {
+            let n = {
+                let mut t = times.lock().unwrap();
+                t.push(Instant::now());
+                t.len()
+            };
+            if n == 1 {
+                respond(
+                    429,
+                    &[("retry-after".into(), "2".into())],
+                    Body::from(r#"{"error":{"message":"slow down"}}"#),
+                )
+            } else {
+                axum::Json(completion("hello")).into_response()
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-attempts"), "2");
+    let t = times.lock().unwrap().clone();
+    assert_eq!(t.len(), 2);
+    assert!(
+        t[1] - t[0] >= Duration::from_millis(1800),
+        "{:?}",
+        t[1] - t[0]
+    );
+}
+
+#[tokio::test]
+async fn uf01_a_429_moves_straight_to_another_endpoint() {
+    let a = scripted(vec![(
+        429,
+        vec![("retry-after".into(), "2".into())],
+        json!({"error": {"message": "slow down"}}),
+    )])
+    .await;
+    let b = scripted(vec![ok()]).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "",
+        &model_on(&["a", "b"]),
+    ))
+    .await;
+    let started = Instant::now();
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(header(&reply, "x-mume-provider"), "b");
+    assert_eq!(header(&reply, "x-mume-attempts"), "2");
+    let body: Value = reply.json().await.unwrap();
+    assert_eq!(body["model"], "up/m");
+}
+
+#[tokio::test]
+async fn uf02_a_500_once_then_200_succeeds() {
+    let upstream = scripted(vec![status(500), ok()]).await;
+    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-attempts"), "2");
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn uf03_a_persistent_503_ends_after_the_attempts_naming_the_provider() {
+    let upstream = scripted(vec![status(503)]).await;
+    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&reply, "x-mume-attempts"), "2");
+    let e = error_reply(reply).await;
+    assert_eq!(e.status, 503);
+    let message = e.error["message"].as_str().unwrap();
+    assert!(message.contains("Provider a answered 503"), "{message}");
+    assert!(
+        message.contains("Tried 2 time(s): up/m via a: 503; up/m via a: 503"),
+        "{message}"
+    );
+    assert!(upstream.seen().len() <= 3);
+}
+
+#[tokio::test]
+async fn uf04_a_connection_reset_before_headers_is_retried() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let upstream = RawUpstream::start(move |mut socket| {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            read_request(&mut socket).await;
+            if n == 0 {
+                // Close with nothing written: the gateway sees a reset.
+                return;
+            }
+            let body = completion("hello").to_string();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(body.as_bytes()).await;
+            let _ = socket.flush().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-attempts"), "2");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn uf05_a_silent_endpoint_ends_at_its_first_byte_timeout_or_fails_over() {
+    let silent = Upstream::sse(vec![Play::Hang]).await;
+    let good = Upstream::sse(answer(&["hello"])).await;
+    let settings = "first_byte_timeout = \"300ms\"\nmax_attempts = 3";
+
+    // Alone: one wait of the first-byte timeout, no retry of the silence.
+    let gw = gateway(&config(
+        &[("a", &silent.base_url)],
+        settings,
+        &model_on(&["a"]),
+    ))
+    .await;
+    let started = Instant::now();
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", true))
+        .send()
+        .await
+        .unwrap();
+    let e = error_reply(reply).await;
+    assert_eq!(e.status, 503);
+    assert_eq!(e.error["code"], "provider_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(silent.seen().len(), 1);
+
+    // With another endpoint: it answers.
+    let gw = gateway(&config(
+        &[("a", &silent.base_url), ("b", &good.base_url)],
+        settings,
+        &model_on(&["a", "b"]),
+    ))
+    .await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-provider"), "b");
+    let frames = Sse::new(reply).rest().await;
+    assert_eq!(content_of(&frames), "hello");
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_before_its_first_content_fails_over_cleanly() {
+    // A role chunk, then the connection drops: no content yet.
+    let role = json!({"id": "c-a", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
+    let a = Upstream::sse(vec![
+        Play::Data(role.to_string()),
+        Play::Sleep(Duration::from_millis(20)),
+        Play::Abort,
+    ])
+    .await;
+    let b = Upstream::sse(answer(&["hello", " world"])).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "",
+        &model_on(&["a", "b"]),
+    ))
+    .await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-attempts"), "2");
+    let frames = Sse::new(reply).rest().await;
+    assert_eq!(content_of(&frames), "hello world");
+    assert_eq!(frames.last().unwrap(), "data: [DONE]");
+    assert!(
+        frames.iter().all(|f| !f.contains("c-a")),
+        "nothing of the failed attempt reached the client: {frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn uf10_after_content_reached_the_client_there_is_no_retry() {
+    let mut script = vec![Play::Data(chunk("partial"))];
+    script.push(Play::Sleep(Duration::from_millis(20)));
+    script.push(Play::Abort);
+    let a = Upstream::sse(script).await;
+    let b = Upstream::sse(answer(&["never"])).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "max_attempts = 3",
+        &model_on(&["a", "b"]),
+    ))
+    .await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let id = request_id(reply.headers());
+    let frames = Sse::new(reply).rest().await;
+    assert_eq!(content_of(&frames), "partial");
+    assert_stream_failed(&frames, &id);
+    assert_eq!(a.seen().len(), 1);
+    assert!(b.seen().is_empty(), "no failover after content");
+}
+
+#[tokio::test]
+async fn uf11_an_upstream_400_is_tried_exactly_once() {
+    let a = scripted(vec![(
+        400,
+        vec![],
+        json!({"error": {"message": "context length exceeded", "param": "messages"}}),
+    )])
+    .await;
+    let b = scripted(vec![ok()]).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "max_attempts = 3",
+        &model_on(&["a", "b"]),
+    ))
+    .await;
+    let reply = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", false))
+        .send()
+        .await
+        .unwrap();
+    let e = error_reply(reply).await;
+    assert_eq!(e.status, 400);
+    assert!(e.error["message"]
+        .as_str()
+        .unwrap()
+        .contains("context length exceeded"));
+    assert_eq!(a.seen().len(), 1);
+    assert!(b.seen().is_empty());
+}
+
+/// UF-12, the retry budget alone (circuits kept closed): under a storm of
+/// 5xx, upstream attempts stay within 1.2 × the client's requests.
+#[tokio::test]
+async fn uf12_a_5xx_storm_stays_within_the_retry_budget() {
+    let a = scripted(vec![status(500)]).await;
+    let b = scripted(vec![status(502)]).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "max_attempts = 3",
+        &format!(
+            "{}\n[routing]\ncircuit_failures = 1000\n",
+            model_on(&["a", "b"])
+        ),
+    ))
+    .await;
+    let requests = 200;
+    let replies = futures::stream::iter(0..requests)
+        .map(|_| {
+            let url = gw.url("/api/v1/chat/completions");
+            async move {
+                client()
+                    .post(url)
+                    .json(&chat_body("up/m", false))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(replies.iter().all(|s| s.as_u16() == 503));
+    let attempts = a.seen().len() + b.seen().len();
+    assert!(
+        attempts <= requests * 12 / 10,
+        "{attempts} attempts for {requests} requests"
+    );
+    assert!(attempts > requests, "some retries were made: {attempts}");
+}
+
+#[tokio::test]
+async fn uf13_an_endpoint_that_keeps_failing_is_ejected_and_comes_back() {
+    let broken = Arc::new(AtomicBool::new(true));
+    let flag = broken.clone();
+    let a = Upstream::start(move |_| {
+        let broken = flag.load(Ordering::SeqCst);
+        async move {
+            if broken {
+                respond(500, &[], Body::from("down"))
+            } else {
+                axum::Json(completion("from a")).into_response()
+            }
+        }
+    })
+    .await;
+    let b = scripted(vec![ok()]).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "max_attempts = 1",
+        &format!(
+            "{}\n[routing]\ncircuit_open = \"400ms\"\n",
+            model_on(&["a", "b"])
+        ),
+    ))
+    .await;
+    let ask = || async {
+        let reply = client()
+            .post(gw.url("/api/v1/chat/completions"))
+            .json(&chat_body("up/m", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        header(&reply, "x-mume-provider").to_string()
+    };
+    for _ in 0..10 {
+        assert_eq!(ask().await, "b");
+    }
+    assert_eq!(a.seen().len(), 5, "ejected after 5 consecutive failures");
+    let health: Value = keyed(ADMIN)
+        .get(gw.url("/api/v1/providers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = |p: &str| {
+        health["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["provider"] == p)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("a")["circuit"], "open");
+    assert!(row("a")["retry_in_seconds"].as_f64().unwrap() <= 0.4);
+    assert_eq!(row("b")["circuit"], "closed");
+
+    broken.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(ask().await, "a", "the probe after the open time succeeds");
+    assert_eq!(ask().await, "a");
+    assert_eq!(row_of(&gw, "a").await, "closed");
+}
+
+async fn row_of(gw: &TestGateway, provider: &str) -> String {
+    let health: Value = keyed(ADMIN)
+        .get(gw.url("/api/v1/providers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["provider"] == provider)
+        .map(|r| r["circuit"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn with_every_endpoint_paused_the_answer_is_an_immediate_503_with_retry_after() {
+    let a = scripted(vec![status(500)]).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url)],
+        "max_attempts = 1",
+        &format!("{}\n[routing]\ncircuit_failures = 1\n", model_on(&["a"])),
+    ))
+    .await;
+    let send = || {
+        client()
+            .post(gw.url("/api/v1/chat/completions"))
+            .json(&chat_body("up/m", false))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 503);
+    let reply = send().await.unwrap();
+    let retry_after: u64 = header(&reply, "retry-after").parse().unwrap();
+    assert!((29..=30).contains(&retry_after), "{retry_after}");
+    let e = error_reply(reply).await;
+    assert_eq!(e.status, 503);
+    assert_eq!(e.error["code"], "providers_down");
+    assert!(e.error["message"]
+        .as_str()
+        .unwrap()
+        .contains("up/m via a: circuit open"));
+    assert_eq!(
+        a.seen().len(),
+        1,
+        "no upstream call while the circuit is open"
+    );
+}
+
+#[tokio::test]
+async fn cr07_a_fallback_model_answers_and_only_its_usage_is_billed() {
+    let primary = scripted(vec![status(503)]).await;
+    let fallback = scripted(vec![(
+        200,
+        vec![],
+        json!({"id": "c", "object": "chat.completion", "created": 1, "model": "fb-up",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}}),
+    )])
+    .await;
+    let models = "[[models]]\nid = \"up/m\"\nendpoints = [{ provider = \"a\", upstream = \"m\" }]\nprompt_price = \"5000\"\ncompletion_price = \"5000\"\nmax_output_tokens = 100\n\n[[models]]\nid = \"fb/m\"\nendpoints = [{ provider = \"b\", upstream = \"fb-up\" }]\nprompt_price = \"1000\"\ncompletion_price = \"2000\"\nmax_output_tokens = 100\n";
+    let gw = gateway(&config(
+        &[("a", &primary.base_url), ("b", &fallback.base_url)],
+        "max_attempts = 3",
+        models,
+    ))
+    .await;
+    let (id, key) = gw
+        .key(KeySpec {
+            name: "k".into(),
+            credits: Some(1_000_000_000),
+            ..Default::default()
+        })
+        .await;
+    let mut body = chat_body("up/m", false);
+    body["models"] = json!(["fb/m"]);
+    let reply = gw.chat_as(&key, &body).await;
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-attempts"), "4");
+    assert_eq!(header(&reply, "x-mume-provider"), "b");
+    let answer: Value = reply.json().await.unwrap();
+    assert_eq!(answer["model"], "fb/m");
+    assert_eq!(primary.seen().len(), 3);
+    // 10 prompt tokens at $1,000/M and 4 completion tokens at $2,000/M.
+    let cost = 10 * 1_000_000 + 4 * 2_000_000;
+    assert_eq!(answer["usage"]["cost"], json!(0.018));
+    gw.holds_drain().await;
+    assert_eq!(gw.balance(&id).await, 1_000_000_000 - cost);
+    assert!(fallback.seen()[0].body.get("models").is_none());
+}
+
+#[tokio::test]
+async fn unknown_fallback_models_get_a_400_naming_them() {
+    let a = scripted(vec![ok()]).await;
+    let gw = gateway(&config(&[("a", &a.base_url)], "", &model_on(&["a"]))).await;
+    let mut body = chat_body("up/m", false);
+    body["models"] = json!(["nope/x", "up/m", "also/missing"]);
+    let e = error_reply(
+        client()
+            .post(gw.url("/api/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(e.status, 400);
+    assert_eq!(e.error["param"], "models");
+    let message = e.error["message"].as_str().unwrap();
+    assert!(message.contains("nope/x, also/missing"), "{message}");
+    assert!(a.seen().is_empty());
+}
+
+#[tokio::test]
+async fn provider_preferences_pick_filter_and_can_leave_nothing() {
+    let a = scripted(vec![ok()]).await;
+    let b = scripted(vec![ok()]).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "",
+        &model_on(&["a", "b"]),
+    ))
+    .await;
+    let served_by = |prefs: Value| {
+        let mut body = chat_body("up/m", false);
+        body["provider"] = prefs;
+        let url = gw.url("/api/v1/chat/completions");
+        async move {
+            let reply = client().post(url).json(&body).send().await.unwrap();
+            (
+                reply.status().as_u16(),
+                header(&reply, "x-mume-provider").to_string(),
+            )
+        }
+    };
+    assert_eq!(served_by(json!({})).await, (200, "a".into()));
+    assert_eq!(served_by(json!({"order": ["b"]})).await, (200, "b".into()));
+    assert_eq!(served_by(json!({"ignore": ["a"]})).await, (200, "b".into()));
+    assert_eq!(served_by(json!({"only": ["a"]})).await, (200, "a".into()));
+    assert_eq!(served_by(json!({"only": ["zzz"]})).await.0, 400);
+    assert!(a.seen().iter().all(|s| s.body.get("provider").is_none()));
+}
+
+/// Two endpoints, each answering 503 to every fifth request it gets
+/// (20% of all answers): the client sees at least 99.9% success. To ride
+/// out a failure rate like this the retry budget must exceed it and each
+/// endpoint needs a third attempt, so this config raises the budget from
+/// the default 20% to 50% and `max_attempts` from 2 to 3.
+#[tokio::test]
+async fn storm_twenty_percent_503_on_two_endpoints_still_serves_999_per_mille() {
+    let flaky = || {
+        let n = Arc::new(AtomicUsize::new(0));
+        Upstream::start(move |_| {
+            let fail = n.fetch_add(1, Ordering::SeqCst) % 5 == 4;
+            async move {
+                if fail {
+                    respond(503, &[], Body::from(r#"{"error":{"message":"busy"}}"#))
+                } else {
+                    axum::Json(completion("ok")).into_response()
+                }
+            }
+        })
+    };
+    let (a, b) = (flaky().await, flaky().await);
+    let gw = gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        "max_attempts = 3",
+        &format!(
+            "{}\n[routing]\nretry_budget_percent = 50\n",
+            model_on(&["a", "b"])
+        ),
+    ))
+    .await;
+    let requests = 2000;
+    let ok = futures::stream::iter(0..requests)
+        .map(|_| {
+            let url = gw.url("/api/v1/chat/completions");
+            async move {
+                client()
+                    .post(url)
+                    .json(&chat_body("up/m", false))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    == 200
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    let answers = a.seen().len() + b.seen().len();
+    assert!(ok * 1000 >= requests * 999, "{ok} of {requests} succeeded");
+    assert!(
+        answers > requests,
+        "failures were retried: {answers} upstream answers"
+    );
+}
+
+#[tokio::test]
+async fn the_providers_route_is_for_the_admin_only() {
+    let a = scripted(vec![ok()]).await;
+    let gw = gateway(&config(&[("a", &a.base_url)], "", &model_on(&["a"]))).await;
+    let as_user = client()
+        .get(gw.url("/api/v1/providers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_user.status(), 403);
+    let as_admin = keyed(ADMIN)
+        .get(gw.url("/api/v1/providers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_admin.status(), 200);
+}
