@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/keys/{id}/credits", post(admin::credit_key))
         .route("/api/v1/credits", get(admin::credits))
         .route("/api/v1/providers", get(admin::providers))
+        .route("/metrics", get(admin::metrics))
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
         .fallback(health::not_found)

@@ -137,6 +137,7 @@ impl Billing {
             let refused = match result {
                 Ok(HoldResult::Held | HoldResult::Unlimited) => None,
                 Ok(HoldResult::Insufficient { balance }) => {
+                    crate::metrics::rejected("credits");
                     Some(insufficient(&spec, worst, balance))
                 }
                 Ok(HoldResult::NoKey) => Some(GatewayError::new(
@@ -353,6 +354,8 @@ struct Settlement {
 impl Settlement {
     async fn run(self) {
         let billing = &self.billing;
+        let r = &self.record;
+        crate::metrics::settled(&r.model, r.prompt_tokens, r.completion_tokens, r.cost);
         if let Err(e) = billing.store.credits.settle(&self.record).await {
             // The hold stays open; the sweeper resolves it at its TTL.
             tracing::error!(request_id = %self.record.request_id, error = %e, "settlement failed; the hold is left to the sweeper");

@@ -27,6 +27,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod keys_cli;
+pub mod metrics;
 pub mod middleware;
 pub mod providers;
 pub mod ratelimit;

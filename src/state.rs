@@ -53,6 +53,7 @@ impl AppState {
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Self, Vec<ProviderWarning>), BuildError> {
+        crate::metrics::install();
         let (providers, warnings) = Registry::build(config, env)?;
         let store = open_store(&config.store).await?;
         let created = SystemTime::now()

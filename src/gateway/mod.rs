@@ -124,6 +124,7 @@ impl Gateway {
         let (permit, limits) = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => {
+                crate::metrics::rejected("rate_limit");
                 ctx.record.update(|r| r.rate_limits = Some(refusal.status));
                 return Err(rate_limited(&refusal));
             }
@@ -301,6 +302,9 @@ impl Gateway {
         };
         let mut rest = plan;
         while let Some(first) = rest.first() {
+            if first.model.id != plan[0].model.id {
+                crate::metrics::fallback(&first.model.id);
+            }
             let same = rest
                 .iter()
                 .take_while(|c| c.model.id == first.model.id)
@@ -355,6 +359,9 @@ impl Gateway {
                         .unwrap_or_else(|| backoff(&policy, tries[i]));
                     tokio::time::sleep(delay).await;
                 }
+                if run.total > 0 {
+                    crate::metrics::retry(&endpoint.provider);
+                }
                 tries[i] += 1;
                 run.total += 1;
                 tried = true;
@@ -372,10 +379,12 @@ impl Gateway {
                 );
                 match self.attempt(request, candidate, ctx, charge).await {
                     Ok(reply) => {
+                        crate::metrics::attempt(&endpoint.provider, "ok");
                         self.router.record(endpoint, true);
                         return Ok(reply);
                     }
                     Err(failure) => {
+                        crate::metrics::attempt(&endpoint.provider, failure.error.code);
                         self.router.record(endpoint, !failure.unhealthy);
                         run.notes.push(format!(
                             "{} via {}: {}",
@@ -501,6 +510,7 @@ impl Gateway {
                     idle: timeouts.idle,
                     max_duration: self.max_stream_duration,
                 };
+                crate::metrics::first_token(&model.id, started.elapsed());
                 let ctx = ctx.clone();
                 let held = held.freeze();
                 Ok(Reply::Stream(Box::new(move |charge| {

@@ -209,6 +209,9 @@ impl Router {
         let mut health = self.health.lock().expect("health lock");
         let h = health.entry(key_of(endpoint)).or_default();
         if healthy {
+            if h.circuit != Circuit::Closed {
+                crate::metrics::circuit(&endpoint.provider, &endpoint.upstream, false);
+            }
             h.successes += 1;
             *h = Health {
                 successes: h.successes,
@@ -227,6 +230,7 @@ impl Router {
             h.circuit = Circuit::Open {
                 until: now + open_for,
             };
+            crate::metrics::circuit(&endpoint.provider, &endpoint.upstream, true);
             tracing::warn!(provider = %endpoint.provider, upstream = %endpoint.upstream, open_for = ?open_for, "circuit opened");
         }
     }

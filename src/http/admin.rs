@@ -390,3 +390,15 @@ pub async fn credits(State(state): State<AppState>) -> Result<Response, ApiError
 pub async fn providers(State(state): State<AppState>) -> Json<Value> {
     Json(state.gateway.endpoint_health())
 }
+
+/// `GET /metrics`: Prometheus text exposition (admin only).
+pub async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}

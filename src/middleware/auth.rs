@@ -33,7 +33,7 @@ pub struct AuthedKey(pub Arc<KeyRecord>);
 pub fn access_of(path: &str) -> Access {
     match path {
         "/health" | "/ready" | "/api/v1/models" => Access::Public,
-        "/api/v1/keys" | "/api/v1/credits" | "/api/v1/providers" => Access::Admin,
+        "/api/v1/keys" | "/api/v1/credits" | "/api/v1/providers" | "/metrics" => Access::Admin,
         p if p.starts_with("/api/v1/models/") => Access::Public,
         p if p.starts_with("/api/v1/keys/") => Access::Admin,
         _ => Access::User,

@@ -110,6 +110,14 @@ impl AccessLine {
             _ => "ok",
         };
         let usage = r.usage.unwrap_or_default();
+        if r.model.is_some() {
+            crate::metrics::request_finished(
+                r.model.as_deref().unwrap_or("-"),
+                r.provider.as_deref().unwrap_or("-"),
+                self.status,
+                self.started.elapsed(),
+            );
+        }
         tracing::info!(
             target: "mume::access",
             request_id = %self.ctx.request_id,

@@ -706,3 +706,72 @@ async fn the_providers_route_is_for_the_admin_only() {
         .unwrap();
     assert_eq!(as_admin.status(), 200);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_attempts_retries_circuits_tokens_and_rejections() {
+    let flaky = scripted(vec![status(500), ok()]).await;
+    let broken = scripted(vec![status(502)]).await;
+    let stream = Upstream::sse(answer(&["hi"])).await;
+    let models = "[[models]]\nid = \"mx/flaky\"\nendpoints = [{ provider = \"metrics_a\", upstream = \"m\" }]\n\n[[models]]\nid = \"mx/broken\"\nendpoints = [{ provider = \"metrics_b\", upstream = \"m\" }]\n\n[[models]]\nid = \"mx/stream\"\nendpoints = [{ provider = \"metrics_c\", upstream = \"m\" }]\nprompt_price = \"1\"\ncompletion_price = \"1\"\nmax_output_tokens = 100\n\n[routing]\ncircuit_failures = 2\n";
+    let gw = gateway(&config(
+        &[
+            ("metrics_a", &flaky.base_url),
+            ("metrics_b", &broken.base_url),
+            ("metrics_c", &stream.base_url),
+        ],
+        "",
+        models,
+    ))
+    .await;
+    let send = |body: Value| {
+        let url = gw.url("/api/v1/chat/completions");
+        async move { client().post(url).json(&body).send().await.unwrap() }
+    };
+    assert_eq!(send(chat_body("mx/flaky", false)).await.status(), 200);
+    assert_eq!(send(chat_body("mx/broken", false)).await.status(), 503);
+    let reply = send(chat_body("mx/stream", true)).await;
+    Sse::new(reply).rest().await;
+    let (_, poor) = gw
+        .key(KeySpec {
+            name: "poor".into(),
+            credits: Some(0),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        gw.chat_as(&poor, &chat_body("mx/stream", false))
+            .await
+            .status(),
+        402
+    );
+    gw.holds_drain().await;
+
+    assert_eq!(
+        client()
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403,
+        "not for user keys"
+    );
+    let reply = keyed(ADMIN).get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(reply.status(), 200);
+    assert!(header(&reply, "content-type").starts_with("text/plain"));
+    let text = reply.text().await.unwrap();
+    for needle in [
+        r#"mume_requests_total{model="mx/flaky",provider="metrics_a",status="200"} 1"#,
+        r#"mume_retries_total{provider="metrics_a"} 1"#,
+        r#"mume_upstream_attempts_total{provider="metrics_a",outcome="ok"} 1"#,
+        r#"mume_upstream_attempts_total{provider="metrics_a",outcome="provider_unavailable"} 1"#,
+        r#"mume_circuit_open{provider="metrics_b",upstream="m"} 1"#,
+        r#"mume_time_to_first_token_seconds_bucket{model="mx/stream""#,
+        r#"mume_request_duration_seconds_bucket{model="mx/broken""#,
+        r#"mume_tokens_total{model="mx/stream",kind="completion"}"#,
+        r#"mume_cost_nano_usd_total{model="mx/stream"}"#,
+        r#"mume_rejections_total{reason="credits"}"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+}
