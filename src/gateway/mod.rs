@@ -453,16 +453,17 @@ impl Gateway {
         } else {
             timeouts.total
         };
+        let rehearsal = provider.rehearses_faults();
+        let fail = |e: ProviderError| Failure::of(provider.name(), e).rehearsed(rehearsal);
         let reply = tokio::time::timeout(limit, provider.chat(call))
             .await
             .map_err(|_| ProviderError::Timeout(format!("no answer within {limit:?}")))
             .and_then(|r| r)
-            .map_err(|e| Failure::of(provider.name(), e))?;
+            .map_err(fail)?;
 
         match reply {
             ChatReply::Complete(bytes) => {
-                let done = rewrite_completion(&bytes, &model.id, charge.pricing())
-                    .map_err(|e| Failure::of(provider.name(), e))?;
+                let done = rewrite_completion(&bytes, &model.id, charge.pricing()).map_err(fail)?;
                 charge.set_usage(done.usage);
                 charge.set_delivered(done.delivered_tokens);
                 ctx.record.update(|r| {
@@ -489,7 +490,7 @@ impl Gateway {
                             ))
                         });
                     let step = match next {
-                        Err(e) | Ok(Some(Err(e))) => return Err(Failure::of(provider.name(), e)),
+                        Err(e) | Ok(Some(Err(e))) => return Err(fail(e)),
                         Ok(Some(Ok(data))) => relay.on_event(&data),
                         Ok(None) => relay.on_eof(),
                     };
@@ -501,7 +502,7 @@ impl Gateway {
                             }
                         }
                         Step::Skip => {}
-                        Step::Fail(e) => return Err(Failure::stream(e)),
+                        Step::Fail(e) => return Err(Failure::stream(e).rehearsed(rehearsal)),
                         Step::Done => break true,
                     }
                 };
@@ -580,6 +581,16 @@ impl Failure {
             unhealthy,
             summary,
         }
+    }
+
+    /// The mock's faults are played as configured: final, and no sign of
+    /// ill health.
+    fn rehearsed(mut self, rehearsal: bool) -> Self {
+        if rehearsal {
+            self.retry = Retry::Never;
+            self.unhealthy = false;
+        }
+        self
     }
 
     /// A failure the relay found in a stream before its first content.

@@ -61,8 +61,12 @@ enum Circuit {
     Open {
         until: Instant,
     },
-    /// The open time is up and one probe is in flight.
-    Probing,
+    /// The open time is up and one probe is in flight since then. A probe
+    /// that never reports (its client left) is replaced after
+    /// `circuit_open`.
+    Probing {
+        since: Instant,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -192,12 +196,16 @@ impl Router {
         match h.circuit {
             Circuit::Closed => Ok(()),
             Circuit::Open { until } if now >= until => {
-                h.circuit = Circuit::Probing;
+                h.circuit = Circuit::Probing { since: now };
                 Ok(())
             }
             Circuit::Open { until } => Err(until),
+            Circuit::Probing { since } if now - since >= self.config.circuit_open => {
+                h.circuit = Circuit::Probing { since: now };
+                Ok(())
+            }
             // Someone is probing; wait for the verdict.
-            Circuit::Probing => Err(now + Duration::from_secs(1)),
+            Circuit::Probing { since } => Err(since + self.config.circuit_open),
         }
     }
 
@@ -222,7 +230,7 @@ impl Router {
         }
         h.failures += 1;
         h.consecutive_failures += 1;
-        let reopen = h.circuit == Circuit::Probing;
+        let reopen = matches!(h.circuit, Circuit::Probing { .. });
         if reopen || h.consecutive_failures >= self.config.circuit_failures {
             let factor = 1u32 << h.openings.min(16);
             let open_for = (self.config.circuit_open * factor).min(self.config.circuit_open_max);
@@ -268,8 +276,7 @@ impl Router {
                     Circuit::Open { until } if until > now => {
                         ("open", Some((until - now).as_secs_f64()))
                     }
-                    Circuit::Open { .. } => ("half_open", None),
-                    Circuit::Probing => ("half_open", None),
+                    Circuit::Open { .. } | Circuit::Probing { .. } => ("half_open", None),
                 };
                 rows.push(json!({
                     "model": model.id,
@@ -435,6 +442,17 @@ mod tests {
             router.record(&e, false);
         }
         assert!(router.admit(&e).is_ok(), "the count started again");
+
+        // A probe that never reports is replaced after circuit_open.
+        router.record(&e, false);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(router.admit(&e).is_ok(), "a probe");
+        assert!(router.admit(&e).is_err());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(
+            router.admit(&e).is_ok(),
+            "another probe: the first never reported"
+        );
     }
 
     /// UF-12: under a storm, retries stay within 20% of requests plus the

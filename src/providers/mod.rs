@@ -45,6 +45,12 @@ pub enum ChatReply {
 pub trait Provider: Send + Sync {
     fn name(&self) -> &str;
     fn timeouts(&self) -> Timeouts;
+    /// Whether every failure of this provider is a deliberate rehearsal
+    /// (the mock's fault models): those are never retried and never count
+    /// against an endpoint's health.
+    fn rehearses_faults(&self) -> bool {
+        false
+    }
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError>;
 }
 

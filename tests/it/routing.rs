@@ -15,19 +15,26 @@ use tokio::io::AsyncWriteExt;
 
 use crate::support::upstream::{answer, chunk, completion, read_request, respond, RawUpstream};
 use crate::support::{
-    assert_stream_failed, chat_body, client, content_of, error_reply, keyed, request_id, Play, Sse,
-    TestGateway, Upstream,
+    assert_stream_failed, chat_body, client, content_of, error_reply, keyed, post_chat, request_id,
+    Play, Sse, TestGateway, Upstream,
 };
 
 const ADMIN: &str = "admin-secret-for-routing-tests";
 
 /// A gateway config: providers `(name, base_url)` sharing `provider_settings`,
-/// then `rest` (models, routing) as written.
+/// then `rest` (models, routing) as written. Real-time tests use backoffs
+/// of at most 50 ms; the tests of the waits themselves pause tokio's clock.
 fn config(providers: &[(&str, &str)], provider_settings: &str, rest: &str) -> String {
     let mut out = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+    // Short backoffs unless the test sets its own.
+    let backoff = if provider_settings.contains("backoff_") {
+        ""
+    } else {
+        "backoff_base = \"10ms\"\nbackoff_cap = \"50ms\"\n"
+    };
     for (name, url) in providers {
         out.push_str(&format!(
-            "\n[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{url}\"\nbackoff_base = \"10ms\"\nbackoff_cap = \"50ms\"\n{provider_settings}\n"
+            "\n[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{url}\"\n{backoff}{provider_settings}\n"
         ));
     }
     out.push('\n');
@@ -83,6 +90,15 @@ fn status(code: u16) -> Reply {
     )
 }
 
+/// The statuses of `n` requests for `up/m`, `concurrency` at a time.
+async fn statuses(gw: &TestGateway, n: usize, concurrency: usize) -> Vec<reqwest::StatusCode> {
+    futures::stream::iter(0..n)
+        .map(|_| async { post_chat(gw, &chat_body("up/m", false)).await.status() })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
 fn header<'a>(reply: &'a reqwest::Response, name: &str) -> &'a str {
     reply
         .headers()
@@ -91,46 +107,107 @@ fn header<'a>(reply: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-#[tokio::test]
-async fn uf01_a_429_with_retry_after_is_waited_out_on_the_only_endpoint() {
+/// An upstream answering `replies` in turn (the last one repeats) and
+/// noting, on tokio's clock, when each request came.
+async fn timed(replies: Vec<Reply>) -> (Upstream, Arc<Mutex<Vec<tokio::time::Instant>>>) {
     let times = Arc::new(Mutex::new(Vec::new()));
     let seen = times.clone();
     let upstream = Upstream::start(move |_| {
-        let times = seen.clone();
-        async move {
-            let n = {
-                let mut t = times.lock().unwrap();
-                t.push(Instant::now());
-                t.len()
-            };
-            if n == 1 {
-                respond(
-                    429,
-                    &[("retry-after".into(), "2".into())],
-                    Body::from(r#"{"error":{"message":"slow down"}}"#),
-                )
-            } else {
-                axum::Json(completion("hello")).into_response()
-            }
-        }
+        let n = {
+            let mut t = seen.lock().unwrap();
+            t.push(tokio::time::Instant::now());
+            t.len() - 1
+        };
+        let (status, headers, body) = replies[n.min(replies.len() - 1)].clone();
+        async move { respond(status, &headers, Body::from(body.to_string())) }
     })
     .await;
-    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
-    let reply = client()
+    (upstream, times)
+}
+
+/// Sends one request with tokio's clock paused, so that backoff and
+/// `Retry-After` waits pass in no real time. The key is authenticated
+/// before the pause (its lookup waits on the store's thread, which a
+/// paused clock would race) and the client has no timeout of its own.
+async fn on_paused_clock(gw: &TestGateway) -> (reqwest::Response, Duration) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", crate::support::test_key().reveal())
+                    .parse()
+                    .unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let warm = client.get(gw.url("/api/v1/key")).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
+    tokio::time::pause();
+    let wall = Instant::now();
+    let reply = client
         .post(gw.url("/api/v1/chat/completions"))
         .json(&chat_body("up/m", false))
         .send()
         .await
         .unwrap();
+    let took = wall.elapsed();
+    tokio::time::resume();
+    (reply, took)
+}
+
+#[tokio::test]
+async fn uf01_a_429_with_retry_after_is_waited_out_on_the_only_endpoint() {
+    let (upstream, times) = timed(vec![
+        (
+            429,
+            vec![("retry-after".into(), "2".into())],
+            json!({"error": {"message": "slow down"}}),
+        ),
+        ok(),
+    ])
+    .await;
+    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let (reply, wall) = on_paused_clock(&gw).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
     let t = times.lock().unwrap().clone();
     assert_eq!(t.len(), 2);
+    assert!(t[1] - t[0] >= Duration::from_secs(2), "{:?}", t[1] - t[0]);
     assert!(
-        t[1] - t[0] >= Duration::from_millis(1800),
-        "{:?}",
-        t[1] - t[0]
+        wall < Duration::from_secs(1),
+        "the wait took no real time: {wall:?}"
     );
+}
+
+/// Backoff before retry n is uniform in [0, min(cap, base × 2^(n-1))].
+#[tokio::test]
+async fn retries_back_off_exponentially_with_jitter() {
+    let (upstream, times) = timed(vec![status(500), status(502), status(503), ok()]).await;
+    let gw = gateway(&config(
+        &[("a", &upstream.base_url)],
+        "max_attempts = 4
+backoff_base = \"1s\"
+backoff_cap = \"3s\"",
+        &model_on(&["a"]),
+    ))
+    .await;
+    let (reply, wall) = on_paused_clock(&gw).await;
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-attempts"), "4");
+    let t = times.lock().unwrap().clone();
+    let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, ceiling) in gaps.iter().zip([1, 2, 3]) {
+        assert!(*gap <= Duration::from_secs(ceiling), "{gaps:?}");
+    }
+    assert!(
+        gaps.iter().sum::<Duration>() > Duration::from_millis(10),
+        "{gaps:?}"
+    );
+    assert!(wall < Duration::from_secs(1), "{wall:?}");
 }
 
 #[tokio::test]
@@ -149,12 +226,7 @@ async fn uf01_a_429_moves_straight_to_another_endpoint() {
     ))
     .await;
     let started = Instant::now();
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(reply.status(), 200);
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(header(&reply, "x-mume-provider"), "b");
@@ -167,12 +239,7 @@ async fn uf01_a_429_moves_straight_to_another_endpoint() {
 async fn uf02_a_500_once_then_200_succeeds() {
     let upstream = scripted(vec![status(500), ok()]).await;
     let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
     assert_eq!(upstream.seen().len(), 2);
@@ -182,12 +249,7 @@ async fn uf02_a_500_once_then_200_succeeds() {
 async fn uf03_a_persistent_503_ends_after_the_attempts_naming_the_provider() {
     let upstream = scripted(vec![status(503)]).await;
     let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
     let e = error_reply(reply).await;
     assert_eq!(e.status, 503);
@@ -225,12 +287,7 @@ async fn uf04_a_connection_reset_before_headers_is_retried() {
     })
     .await;
     let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
@@ -250,12 +307,7 @@ async fn uf05_a_silent_endpoint_ends_at_its_first_byte_timeout_or_fails_over() {
     ))
     .await;
     let started = Instant::now();
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", true))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     let e = error_reply(reply).await;
     assert_eq!(e.status, 503);
     assert_eq!(e.error["code"], "provider_timeout");
@@ -273,12 +325,7 @@ async fn uf05_a_silent_endpoint_ends_at_its_first_byte_timeout_or_fails_over() {
         &model_on(&["a", "b"]),
     ))
     .await;
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", true))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-provider"), "b");
     let frames = Sse::new(reply).rest().await;
@@ -303,12 +350,7 @@ async fn a_stream_that_fails_before_its_first_content_fails_over_cleanly() {
         &model_on(&["a", "b"]),
     ))
     .await;
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", true))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
     let frames = Sse::new(reply).rest().await;
@@ -333,12 +375,7 @@ async fn uf10_after_content_reached_the_client_there_is_no_retry() {
         &model_on(&["a", "b"]),
     ))
     .await;
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", true))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     assert_eq!(reply.status(), 200);
     let id = request_id(reply.headers());
     let frames = Sse::new(reply).rest().await;
@@ -363,12 +400,7 @@ async fn uf11_an_upstream_400_is_tried_exactly_once() {
         &model_on(&["a", "b"]),
     ))
     .await;
-    let reply = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .json(&chat_body("up/m", false))
-        .send()
-        .await
-        .unwrap();
+    let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     let e = error_reply(reply).await;
     assert_eq!(e.status, 400);
     assert!(e.error["message"]
@@ -395,22 +427,7 @@ async fn uf12_a_5xx_storm_stays_within_the_retry_budget() {
     ))
     .await;
     let requests = 200;
-    let replies = futures::stream::iter(0..requests)
-        .map(|_| {
-            let url = gw.url("/api/v1/chat/completions");
-            async move {
-                client()
-                    .post(url)
-                    .json(&chat_body("up/m", false))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    let replies = statuses(&gw, requests, 16).await;
     assert!(replies.iter().all(|s| s.as_u16() == 503));
     let attempts = a.seen().len() + b.seen().len();
     assert!(
@@ -446,12 +463,7 @@ async fn uf13_an_endpoint_that_keeps_failing_is_ejected_and_comes_back() {
     ))
     .await;
     let ask = || async {
-        let reply = client()
-            .post(gw.url("/api/v1/chat/completions"))
-            .json(&chat_body("up/m", false))
-            .send()
-            .await
-            .unwrap();
+        let reply = post_chat(&gw, &chat_body("up/m", false)).await;
         assert_eq!(reply.status(), 200);
         header(&reply, "x-mume-provider").to_string()
     };
@@ -459,35 +471,20 @@ async fn uf13_an_endpoint_that_keeps_failing_is_ejected_and_comes_back() {
         assert_eq!(ask().await, "b");
     }
     assert_eq!(a.seen().len(), 5, "ejected after 5 consecutive failures");
-    let health: Value = keyed(ADMIN)
-        .get(gw.url("/api/v1/providers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let row = |p: &str| {
-        health["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["provider"] == p)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(row("a")["circuit"], "open");
-    assert!(row("a")["retry_in_seconds"].as_f64().unwrap() <= 0.4);
-    assert_eq!(row("b")["circuit"], "closed");
+    let a_row = endpoint_row(&gw, "a").await;
+    assert_eq!(a_row["circuit"], "open");
+    assert!(a_row["retry_in_seconds"].as_f64().unwrap() <= 0.4);
+    assert_eq!(endpoint_row(&gw, "b").await["circuit"], "closed");
 
     broken.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(ask().await, "a", "the probe after the open time succeeds");
     assert_eq!(ask().await, "a");
-    assert_eq!(row_of(&gw, "a").await, "closed");
+    assert_eq!(endpoint_row(&gw, "a").await["circuit"], "closed");
 }
 
-async fn row_of(gw: &TestGateway, provider: &str) -> String {
+/// The `GET /api/v1/providers` row of `provider`'s endpoint.
+async fn endpoint_row(gw: &TestGateway, provider: &str) -> Value {
     let health: Value = keyed(ADMIN)
         .get(gw.url("/api/v1/providers"))
         .send()
@@ -501,7 +498,7 @@ async fn row_of(gw: &TestGateway, provider: &str) -> String {
         .unwrap()
         .iter()
         .find(|r| r["provider"] == provider)
-        .map(|r| r["circuit"].as_str().unwrap().to_string())
+        .cloned()
         .unwrap()
 }
 
@@ -514,14 +511,9 @@ async fn with_every_endpoint_paused_the_answer_is_an_immediate_503_with_retry_af
         &format!("{}\n[routing]\ncircuit_failures = 1\n", model_on(&["a"])),
     ))
     .await;
-    let send = || {
-        client()
-            .post(gw.url("/api/v1/chat/completions"))
-            .json(&chat_body("up/m", false))
-            .send()
-    };
-    assert_eq!(send().await.unwrap().status(), 503);
-    let reply = send().await.unwrap();
+    let body = chat_body("up/m", false);
+    assert_eq!(post_chat(&gw, &body).await.status(), 503);
+    let reply = post_chat(&gw, &body).await;
     let retry_after: u64 = header(&reply, "retry-after").parse().unwrap();
     assert!((29..=30).contains(&retry_after), "{retry_after}");
     let e = error_reply(reply).await;
@@ -586,15 +578,7 @@ async fn unknown_fallback_models_get_a_400_naming_them() {
     let gw = gateway(&config(&[("a", &a.base_url)], "", &model_on(&["a"]))).await;
     let mut body = chat_body("up/m", false);
     body["models"] = json!(["nope/x", "up/m", "also/missing"]);
-    let e = error_reply(
-        client()
-            .post(gw.url("/api/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let e = error_reply(post_chat(&gw, &body).await).await;
     assert_eq!(e.status, 400);
     assert_eq!(e.error["param"], "models");
     let message = e.error["message"].as_str().unwrap();
@@ -615,9 +599,9 @@ async fn provider_preferences_pick_filter_and_can_leave_nothing() {
     let served_by = |prefs: Value| {
         let mut body = chat_body("up/m", false);
         body["provider"] = prefs;
-        let url = gw.url("/api/v1/chat/completions");
+        let gw = &gw;
         async move {
-            let reply = client().post(url).json(&body).send().await.unwrap();
+            let reply = post_chat(gw, &body).await;
             (
                 reply.status().as_u16(),
                 header(&reply, "x-mume-provider").to_string(),
@@ -663,24 +647,11 @@ async fn storm_twenty_percent_503_on_two_endpoints_still_serves_999_per_mille() 
     ))
     .await;
     let requests = 2000;
-    let ok = futures::stream::iter(0..requests)
-        .map(|_| {
-            let url = gw.url("/api/v1/chat/completions");
-            async move {
-                client()
-                    .post(url)
-                    .json(&chat_body("up/m", false))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    == 200
-            }
-        })
-        .buffer_unordered(32)
-        .filter(|ok| futures::future::ready(*ok))
-        .count()
-        .await;
+    let ok = statuses(&gw, requests, 32)
+        .await
+        .iter()
+        .filter(|s| s.as_u16() == 200)
+        .count();
     let answers = a.seen().len() + b.seen().len();
     assert!(ok * 1000 >= requests * 999, "{ok} of {requests} succeeded");
     assert!(
@@ -723,13 +694,17 @@ async fn metrics_count_requests_attempts_retries_circuits_tokens_and_rejections(
         models,
     ))
     .await;
-    let send = |body: Value| {
-        let url = gw.url("/api/v1/chat/completions");
-        async move { client().post(url).json(&body).send().await.unwrap() }
-    };
-    assert_eq!(send(chat_body("mx/flaky", false)).await.status(), 200);
-    assert_eq!(send(chat_body("mx/broken", false)).await.status(), 503);
-    let reply = send(chat_body("mx/stream", true)).await;
+    assert_eq!(
+        post_chat(&gw, &chat_body("mx/flaky", false)).await.status(),
+        200
+    );
+    assert_eq!(
+        post_chat(&gw, &chat_body("mx/broken", false))
+            .await
+            .status(),
+        503
+    );
+    let reply = post_chat(&gw, &chat_body("mx/stream", true)).await;
     Sse::new(reply).rest().await;
     let (_, poor) = gw
         .key(KeySpec {
@@ -774,4 +749,21 @@ async fn metrics_count_requests_attempts_retries_circuits_tokens_and_rejections(
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+}
+
+/// The mock's fault models are rehearsals: played as configured every
+/// time, never retried, never opening a circuit.
+#[tokio::test]
+async fn mock_faults_are_never_retried_and_never_open_a_circuit() {
+    let gw = gateway(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[providers]]\nname = \"mock\"\nkind = \"mock\"\n\n[[models]]\nid = \"mock/cut\"\n",
+    )
+    .await;
+    for _ in 0..8 {
+        let reply = post_chat(&gw, &chat_body("mock/cut", false)).await;
+        assert_eq!(header(&reply, "x-mume-attempts"), "1");
+        let e = error_reply(reply).await;
+        assert_eq!(e.error["code"], "provider_unreachable");
+    }
+    assert_eq!(endpoint_row(&gw, "mock").await["circuit"], "closed");
 }

@@ -65,6 +65,10 @@ impl Provider for MockProvider {
         self.timeouts
     }
 
+    fn rehearses_faults(&self) -> bool {
+        true
+    }
+
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
         let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
         let model = body
