@@ -82,6 +82,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     OpenAi,
+    Anthropic,
     Mock,
 }
 
@@ -95,6 +96,8 @@ pub struct ProviderConfig {
     pub headers: Vec<(String, String)>,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
+    /// The `anthropic-version` header (kind anthropic only).
+    pub anthropic_version: Option<String>,
 }
 
 /// How an endpoint of this provider is retried.
@@ -553,6 +556,7 @@ fn validate_provider(
     }
     let kind = match raw.kind.as_deref() {
         Some("openai") => ProviderKind::OpenAi,
+        Some("anthropic") => ProviderKind::Anthropic,
         Some("mock") => ProviderKind::Mock,
         other => {
             check.report(
@@ -561,7 +565,7 @@ fn validate_provider(
                     Some(k) => format!("{k:?} is not a provider kind"),
                     None => "is missing".into(),
                 },
-                "use \"openai\" (any OpenAI-compatible server) or \"mock\"",
+                "use \"openai\" (any OpenAI-compatible server), \"anthropic\" or \"mock\"",
             );
             return None;
         }
@@ -584,7 +588,15 @@ fn validate_provider(
             );
             String::new()
         }
-        (ProviderKind::OpenAi, Some(url)) => {
+        (ProviderKind::Anthropic, None) => {
+            check.report(
+                at("base_url"),
+                "is missing",
+                "set it, e.g. \"https://api.anthropic.com/v1\"",
+            );
+            String::new()
+        }
+        (ProviderKind::OpenAi | ProviderKind::Anthropic, Some(url)) => {
             match reqwest::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 _ => check.report(
@@ -668,6 +680,22 @@ fn validate_provider(
             Duration::from_secs(5),
         ),
     };
+    if raw.anthropic_version.is_some() && kind != ProviderKind::Anthropic {
+        check.report(
+            at("anthropic_version"),
+            "only applies to providers of kind \"anthropic\"",
+            "remove it",
+        );
+    }
+    if let Some(v) = &raw.anthropic_version {
+        if reqwest::header::HeaderValue::from_str(v).is_err() || v.is_empty() {
+            check.report(
+                at("anthropic_version"),
+                "is not a valid header value",
+                "write it like \"2023-06-01\"",
+            );
+        }
+    }
     Some(ProviderConfig {
         name,
         kind,
@@ -676,6 +704,7 @@ fn validate_provider(
         headers,
         timeouts,
         retry,
+        anthropic_version: raw.anthropic_version.clone(),
     })
 }
 

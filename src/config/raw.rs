@@ -62,6 +62,7 @@ pub struct RawProvider {
     pub kind: Option<String>,
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
+    pub anthropic_version: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub connect_timeout: Option<String>,

@@ -445,6 +445,7 @@ impl Gateway {
         let call = ChatCall {
             body: request.upstream_body(&candidate.endpoint.upstream),
             stream,
+            default_max_tokens: max_output_tokens(None, model),
         };
         charge.mark_sent();
         let started = Instant::now();
@@ -716,7 +717,7 @@ fn rewrite_completion(
     let object = RawObject::parse(bytes)
         .map_err(|e| ProviderError::Decode(format!("response is not a JSON object: {e}")))?;
     let Some(choices) = object.get("choices") else {
-        let (message, _, _) = crate::providers::openai::error_fields(bytes);
+        let (message, _, _) = crate::providers::transport::error_fields(bytes);
         return Err(ProviderError::StreamError(message));
     };
     let mut model = Vec::with_capacity(public_model.len() + 2);

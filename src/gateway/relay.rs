@@ -201,6 +201,11 @@ impl ChunkRelay {
         if data.trim() == "[DONE]" {
             return Step::Done;
         }
+        // A provider's own keep-alive (Anthropic's `ping`), passed on as
+        // ours.
+        if data.is_empty() {
+            return Step::Send(Bytes::from_static(KEEPALIVE_FRAME));
+        }
         let mut chunk = match serde_json::from_str::<Value>(data) {
             Ok(Value::Object(chunk)) => chunk,
             _ => {

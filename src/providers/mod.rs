@@ -5,10 +5,12 @@
 //! - `openai`: any OpenAI-compatible Chat Completions server, over HTTP.
 //! - `mock`: built in, no network; echo and fault-injection models.
 
+pub mod anthropic;
 pub mod error;
 pub mod mock;
 pub mod openai;
 mod sse;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +27,9 @@ pub use error::ProviderError;
 pub struct ChatCall {
     /// The JSON body, serialized.
     pub body: bytes::Bytes,
+    /// The output-token limit to send when the request names none and the
+    /// provider requires one (Anthropic): the model's configured cap.
+    pub default_max_tokens: u64,
     pub stream: bool,
 }
 
@@ -75,21 +80,23 @@ impl Registry {
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let mut warnings = Vec::new();
         for p in &config.providers {
+            // (variable name, value if set) for providers that need a key.
+            let key = p
+                .api_key_env
+                .as_deref()
+                .map(|var| (var, env(var).filter(|v| !v.is_empty())));
+            if let (ProviderKind::OpenAi | ProviderKind::Anthropic, Some((var, None))) =
+                (p.kind, &key)
+            {
+                warnings.push(ProviderWarning(format!(
+                    "provider {:?}: environment variable {var} is unset; its models will answer 503 until it is set",
+                    p.name
+                )));
+            }
             let provider: Arc<dyn Provider> = match p.kind {
                 ProviderKind::Mock => Arc::new(mock::MockProvider::new(&p.name, p.timeouts)),
-                ProviderKind::OpenAi => {
-                    let key = p
-                        .api_key_env
-                        .as_deref()
-                        .map(|var| (var, env(var).filter(|v| !v.is_empty())));
-                    if let Some((var, None)) = key {
-                        warnings.push(ProviderWarning(format!(
-                            "provider {:?}: environment variable {var} is unset; its models will answer 503 until it is set",
-                            p.name
-                        )));
-                    }
-                    Arc::new(openai::OpenAiProvider::new(p, key)?)
-                }
+                ProviderKind::OpenAi => Arc::new(openai::OpenAiProvider::new(p, key)?),
+                ProviderKind::Anthropic => Arc::new(anthropic::AnthropicProvider::new(p, key)?),
             };
             providers.insert(p.name.clone(), provider);
         }

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod anthropic;
 mod cli;
 mod credits;
 mod disconnect;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SDK compatibility suite: the official `openai` Python and Node packages
-# against a real Mume Gateway binary serving only the built-in mock provider.
+# against a real Mume Gateway binary serving the built-in mock provider and
+# an Anthropic-kind provider backed by anthropic_mock.py.
 #
 #   MUME_BIN=path/to/mume-gateway bash tests/sdk/run.sh
 #
@@ -43,6 +44,7 @@ cp "$CONFIG" "$RUN_CONFIG"
 printf '\n[store]\npath = "%s"\n' "$WORK_DIR/sdk.db" >>"$RUN_CONFIG"
 CONFIG="$RUN_CONFIG"
 
+
 "$MUME_BIN" check-config --config "$CONFIG" >&2
 
 # Keys, made with the CLI the README documents: an unlimited one for the
@@ -66,8 +68,13 @@ BASE="http://127.0.0.1:$PORT"
 GW_LOG="$WORK_DIR/gateway.log"
 GW_PID=""
 
+ANTHROPIC_PID=""
+
 cleanup() {
   local rc=$?
+  if [[ -n "$ANTHROPIC_PID" ]]; then
+    kill "$ANTHROPIC_PID" 2>/dev/null || true
+  fi
   if [[ -n "$GW_PID" ]] && kill -0 "$GW_PID" 2>/dev/null; then
     kill "$GW_PID" 2>/dev/null || true
     # The gateway drains in-flight work on SIGTERM; do not wait forever.
@@ -90,6 +97,31 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# An Anthropic Messages API on a free port, for the anthropic/* model.
+ANTHROPIC_PORT_FILE="$WORK_DIR/anthropic.port"
+"$PYTHON" "$SDK_DIR/anthropic_mock.py" "$ANTHROPIC_PORT_FILE" </dev/null >"$WORK_DIR/anthropic.log" 2>&1 &
+ANTHROPIC_PID=$!
+for _ in $(seq 1 50); do
+  [[ -s "$ANTHROPIC_PORT_FILE" ]] && break
+  sleep 0.1
+done
+[[ -s "$ANTHROPIC_PORT_FILE" ]] || { log "the Anthropic mock did not start"; exit 1; }
+printf '
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "http://127.0.0.1:%s/v1"
+api_key_env = "ANTHROPIC_API_KEY"
+
+[[models]]
+id = "anthropic/claude-mock"
+max_output_tokens = 1024
+' \
+  "$(cat "$ANTHROPIC_PORT_FILE")" >>"$RUN_CONFIG"
+# The mock checks that a key arrives in x-api-key; any value will do.
+export ANTHROPIC_API_KEY="sk-ant-sdk-suite"
+"$MUME_BIN" check-config --config "$CONFIG" >&2
 
 log "starting $MUME_BIN on 127.0.0.1:$PORT"
 "$MUME_BIN" serve --config "$CONFIG" --listen "127.0.0.1:$PORT" </dev/null >"$GW_LOG" 2>&1 &

@@ -43,6 +43,15 @@ impl Upstream {
         F: Fn(Seen) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
+        Self::start_at("/v1/chat/completions", handler).await
+    }
+
+    /// Serves `handler` at `POST path` (e.g. Anthropic's `/v1/messages`).
+    pub async fn start_at<F, Fut>(path: &str, handler: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
         let route = move |headers: HeaderMap, body: Bytes| {
@@ -55,7 +64,7 @@ impl Upstream {
                 handler(request).await
             }
         };
-        let app = Router::new().route("/v1/chat/completions", post(route));
+        let app = Router::new().route(path, post(route));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {

@@ -522,3 +522,43 @@ def test_snippet_standard_errors() -> None:
     out = run_snippet("standard_errors.py")
     assert "API error: 503" in out, out
     assert "Hello!" not in out, out
+
+
+# --------------------------------------------------------------------------
+# Anthropic-backed model (anthropic_mock.py speaks the Messages API)
+# --------------------------------------------------------------------------
+
+CLAUDE = "anthropic/claude-mock"
+
+
+def test_anthropic_streamed_tool_call_through_the_stream_helper(client: openai.OpenAI) -> None:
+    with client.chat.completions.stream(
+        model=CLAUDE,
+        messages=user("What is the weather in Paris?"),
+        tools=TOOLS,
+    ) as stream:
+        argument_deltas = []
+        done = []
+        for event in stream:
+            if event.type == "tool_calls.function.arguments.delta":
+                argument_deltas.append(event.arguments_delta)
+            elif event.type == "tool_calls.function.arguments.done":
+                done.append((event.name, event.arguments))
+        final = stream.get_final_completion()
+
+    assert len(argument_deltas) >= 2, "arguments arrive in pieces"
+    assert done == [("get_weather", '{"city": "Paris"}')]
+    assert final.model == CLAUDE
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.id == "toolu_sdk"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_anthropic_text_answer(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model=CLAUDE, messages=user("hi"))
+    assert answer.choices[0].message.content == "Hello from Claude"
+    assert answer.usage.prompt_tokens == 20
+    assert answer.usage.completion_tokens == 9

@@ -1,0 +1,321 @@
+//! The HTTP side of every provider that speaks to a server: one client
+//! per provider (connect timeout, no redirects), the gateway's own key in
+//! the header the provider wants, the first-byte and total limits, error
+//! bodies read into `ProviderError`, and the redaction of the key from
+//! anything an upstream echoes. Adapters (`openai.rs`, `anthropic.rs`)
+//! decide what the body says and how answers are read.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::Value;
+
+use super::{sse, EventStream, ProviderError};
+use crate::config::{ProviderConfig, Timeouts};
+
+/// Largest non-streaming upstream body accepted.
+const MAX_BODY_BYTES: usize = 64 << 20;
+/// Largest upstream error body read (the rest is not needed for a message).
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// How the provider wants the key.
+pub enum KeyHeader {
+    /// `Authorization: Bearer KEY` (OpenAI and compatible servers).
+    Bearer,
+    /// The bare key in this header (`x-api-key` for Anthropic).
+    Plain(&'static str),
+}
+
+/// A key that never prints: its header, and the bare key for redaction.
+struct Secret(HeaderName, HeaderValue, Redactor);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+pub struct Transport {
+    /// Parsed once: reqwest would otherwise parse a string on every call.
+    url: reqwest::Url,
+    auth: Result<Option<Secret>, String>,
+    headers: HeaderMap,
+    client: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+impl Transport {
+    /// `path` is appended to the provider's base_url; `key` is `(variable
+    /// name, value if set)` when the provider needs one; `extra` headers go
+    /// on every request (after the configured ones).
+    pub fn new(
+        config: &ProviderConfig,
+        path: &str,
+        style: KeyHeader,
+        key: Option<(&str, Option<String>)>,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Self, ProviderError> {
+        let auth = match key {
+            None => Ok(None),
+            Some((var, None)) => Err(format!(
+                "Provider {:?} is not configured: environment variable {var} is unset. The operator must set it and restart the gateway.",
+                config.name
+            )),
+            Some((var, Some(value))) => {
+                let (name, text) = match style {
+                    KeyHeader::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {value}")),
+                    KeyHeader::Plain(name) => (HeaderName::from_static(name), value.clone()),
+                };
+                let mut header = HeaderValue::from_str(&text).map_err(|_| {
+                    ProviderError::NotConfigured(format!("the value of {var} is not a valid header value"))
+                })?;
+                header.set_sensitive(true);
+                Ok(Some(Secret(name, header, Redactor(Some(value.into())))))
+            }
+        };
+        let mut headers = HeaderMap::new();
+        let configured = config.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        for (name, value) in configured.chain(extra.iter().copied()) {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| ProviderError::NotConfigured(e.to_string()))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| ProviderError::NotConfigured(e.to_string()))?;
+            headers.insert(name, value);
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.timeouts.connect)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            // Upstreams are configured by the operator: never follow a
+            // redirect elsewhere with the gateway's key.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ProviderError::NotConfigured(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            url: reqwest::Url::parse(&format!("{}{path}", config.base_url))
+                .map_err(|e| ProviderError::NotConfigured(format!("base_url: {e}")))?,
+            auth,
+            headers,
+            client,
+            timeouts: config.timeouts,
+        })
+    }
+
+    /// POSTs `body`. A success comes back with the redactor for what the
+    /// upstream says next; any other status is read into an error.
+    pub async fn post(
+        &self,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<(reqwest::Response, Redactor), ProviderError> {
+        let auth = self
+            .auth
+            .as_ref()
+            .map_err(|m| ProviderError::NotConfigured(m.clone()))?;
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .body(body);
+        let mut redactor = Redactor(None);
+        if let Some(Secret(name, value, key)) = auth {
+            request = request.header(name, value.clone());
+            redactor = key.clone();
+        }
+        // A non-streaming upstream sends its headers only once the whole
+        // answer is ready, so only streams get the first-byte limit; the
+        // caller bounds non-streaming calls by the total timeout.
+        let limit = if stream {
+            self.timeouts.first_byte
+        } else {
+            self.timeouts.total
+        };
+        let response = tokio::time::timeout(limit, request.send())
+            .await
+            .map_err(|_| ProviderError::Timeout(format!("no response headers within {limit:?}")))?
+            .map_err(|e| ProviderError::Transport(describe(e)))?;
+        if !response.status().is_success() {
+            return Err(redactor.error(upstream_error(response).await));
+        }
+        Ok((response, redactor))
+    }
+}
+
+/// The events of a streaming answer, redacted.
+pub fn events(response: reqwest::Response, redactor: Redactor) -> EventStream {
+    sse::events(response.bytes_stream())
+        .map(move |event| match event {
+            Ok(data) => Ok(redactor.text(data)),
+            Err(e) => Err(redactor.error(e)),
+        })
+        .boxed()
+}
+
+/// The whole body of a complete answer, redacted.
+pub async fn body(
+    response: reqwest::Response,
+    redactor: &Redactor,
+) -> Result<Bytes, ProviderError> {
+    read_capped(response, MAX_BODY_BYTES)
+        .await
+        .map(|body| redactor.bytes(body))
+        .map_err(|e| redactor.error(e))
+}
+
+/// Some upstreams quote the key they were sent ("Incorrect API key
+/// provided: sk-..."). Everything this adapter hands on from the upstream
+/// passes through here, so the key reaches neither a client nor a log.
+#[derive(Clone)]
+pub struct Redactor(Option<Arc<str>>);
+
+impl Redactor {
+    const MASK: &'static str = "[redacted]";
+
+    fn key(&self) -> Option<&str> {
+        self.0.as_deref().filter(|k| !k.is_empty())
+    }
+
+    fn text(&self, text: String) -> String {
+        match self.key() {
+            Some(key) if text.contains(key) => text.replace(key, Self::MASK),
+            _ => text,
+        }
+    }
+
+    fn bytes(&self, body: Bytes) -> Bytes {
+        match (self.key(), std::str::from_utf8(&body)) {
+            (Some(key), Ok(text)) if text.contains(key) => text.replace(key, Self::MASK).into(),
+            _ => body,
+        }
+    }
+
+    fn error(&self, error: ProviderError) -> ProviderError {
+        match error {
+            ProviderError::Upstream {
+                status,
+                message,
+                code,
+                param,
+                retry_after,
+            } => ProviderError::Upstream {
+                status,
+                message: self.text(message),
+                code: code.map(|c| self.text(c)),
+                param: param.map(|p| self.text(p)),
+                retry_after,
+            },
+            ProviderError::Transport(m) => ProviderError::Transport(self.text(m)),
+            ProviderError::Decode(m) => ProviderError::Decode(self.text(m)),
+            ProviderError::StreamError(m) => ProviderError::StreamError(self.text(m)),
+            other => other,
+        }
+    }
+}
+
+/// A reqwest error as a sentence, without the URL (it could carry secrets
+/// in query strings of some deployments) and without the request body.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, ProviderError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ProviderError::Transport(describe(e)))?
+    {
+        if buf.len() + chunk.len() > cap {
+            return Err(ProviderError::Decode(format!(
+                "response body larger than {cap} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+async fn upstream_error(response: reqwest::Response) -> ProviderError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs(s.ceil() as u64));
+    let body = read_capped(response, MAX_ERROR_BYTES)
+        .await
+        .unwrap_or_default();
+    let (message, code, param) = error_fields(&body);
+    ProviderError::Upstream {
+        status,
+        message,
+        code,
+        param,
+        retry_after,
+    }
+}
+
+/// Pulls message, code and param out of the error bodies OpenAI-compatible
+/// servers send: `{"error":{"message",...}}`, `{"message"}`, `{"detail"}`.
+pub(crate) fn error_fields(body: &[u8]) -> (String, Option<String>, Option<String>) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    if let Ok(json) = serde_json::from_slice::<Value>(body) {
+        let inner = json.get("error").filter(|e| e.is_object()).unwrap_or(&json);
+        let message = text(inner.get("message"))
+            .or_else(|| text(json.get("error")))
+            .or_else(|| text(inner.get("detail")));
+        if let Some(message) = message {
+            let code = inner.get("code").and_then(|c| match c {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            return (message, code, text(inner.get("param")));
+        }
+    }
+    let raw = String::from_utf8_lossy(body);
+    let trimmed: String = raw.trim().chars().take(300).collect();
+    let message = if trimmed.is_empty() {
+        "no error message".to_string()
+    } else {
+        trimmed
+    };
+    (message, None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_fields;
+
+    #[test]
+    fn reads_the_common_error_shapes() {
+        let cases: [(&[u8], &str, Option<&str>); 5] = [
+            (br#"{"error":{"message":"too long","code":"context_length_exceeded","param":"messages"}}"#, "too long", Some("context_length_exceeded")),
+            (br#"{"object":"error","message":"bad model","code":400}"#, "bad model", Some("400")),
+            (br#"{"detail":"nope"}"#, "nope", None),
+            (br#"{"error":"flat"}"#, "flat", None),
+            (b"<html>oops</html>", "<html>oops</html>", None),
+        ];
+        for (body, message, code) in cases {
+            let (m, c, _) = error_fields(body);
+            assert_eq!(m, message);
+            assert_eq!(c.as_deref(), code);
+        }
+    }
+}
