@@ -14,6 +14,7 @@ pub mod json;
 pub mod record;
 pub mod relay;
 pub mod request;
+pub mod responses;
 pub mod router;
 
 use std::collections::HashMap;
