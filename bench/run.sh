@@ -337,6 +337,7 @@ EOF
 check_target() { # name port
     local name=$1 port=$2 out
     out=$(curl -sS --max-time 5 -H 'Content-Type: application/json' \
+        -H "Authorization: Bearer $BENCH_KEY" \
         -d "$BODY" "http://127.0.0.1:$port$API_PATH") || die "$name: request failed"
     grep -q '"chat.completion"' <<<"$out" || die "$name answered: $out"
 }

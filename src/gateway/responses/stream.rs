@@ -1,0 +1,415 @@
+//! Chat Completions chunks → Responses streaming events, in the order the
+//! official SDKs' stream helpers require: `response.created`,
+//! `response.in_progress`, then per output item `output_item.added`,
+//! (`content_part.added`, `output_text.delta`…, `output_text.done`,
+//! `content_part.done`) or (`function_call_arguments.delta`…,
+//! `function_call_arguments.done`), `output_item.done`, and finally
+//! `response.completed` (or `response.incomplete`) carrying the whole
+//! output and the usage. Every event has an increasing `sequence_number`.
+
+use serde_json::{json, Map, Value};
+
+use super::translate::{skeleton, usage, ResponseMeta};
+
+/// One event: its `type` (also the SSE event name) and its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: &'static str,
+    pub data: Value,
+}
+
+struct TextItem {
+    output_index: usize,
+    id: String,
+    text: String,
+}
+
+struct CallItem {
+    /// The chat chunk's tool-call index.
+    chat_index: u64,
+    output_index: usize,
+    id: String,
+    call_id: Value,
+    name: Value,
+    arguments: String,
+}
+
+enum Open {
+    Text(TextItem),
+    Call(CallItem),
+}
+
+pub struct ResponseStream {
+    id: String,
+    created_at: u64,
+    model: String,
+    request: Map<String, Value>,
+    seq: u64,
+    open: Option<Open>,
+    output: Vec<Value>,
+    usage: Option<Value>,
+    finish_reason: Option<String>,
+}
+
+impl ResponseStream {
+    pub fn new(meta: &ResponseMeta<'_>) -> Self {
+        Self {
+            id: meta.id.to_string(),
+            created_at: meta.created_at,
+            model: meta.model.to_string(),
+            request: meta.request.clone(),
+            seq: 0,
+            open: None,
+            output: Vec::new(),
+            usage: None,
+            finish_reason: None,
+        }
+    }
+
+    fn meta(&self) -> ResponseMeta<'_> {
+        ResponseMeta {
+            id: &self.id,
+            created_at: self.created_at,
+            model: &self.model,
+            request: &self.request,
+        }
+    }
+
+    fn event(&mut self, name: &'static str, mut data: Value) -> Event {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        Event { name, data }
+    }
+
+    /// `response.created` and `response.in_progress`.
+    pub fn start(&mut self) -> Vec<Event> {
+        let response = skeleton(&self.meta(), "in_progress");
+        vec![
+            self.event("response.created", json!({"response": response.clone()})),
+            self.event("response.in_progress", json!({"response": response})),
+        ]
+    }
+
+    /// The events one `chat.completion.chunk` produces.
+    pub fn on_chunk(&mut self, chunk: &Value) -> Vec<Event> {
+        let mut out = Vec::new();
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage(u));
+        }
+        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+            return out;
+        };
+        let delta = &choice["delta"];
+        if let Some(text) = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            if !matches!(self.open, Some(Open::Text(_))) {
+                out.extend(self.close());
+                out.extend(self.open_text());
+            }
+            if let Some(Open::Text(item)) = &mut self.open {
+                item.text.push_str(text);
+                let (id, index) = (item.id.clone(), item.output_index);
+                out.push(self.event(
+                    "response.output_text.delta",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
+                ));
+            }
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let same = matches!(&self.open, Some(Open::Call(c)) if c.chat_index == chat_index);
+            if !same {
+                out.extend(self.close());
+                out.extend(self.open_call(chat_index, call));
+            }
+            if let Some(Open::Call(item)) = &mut self.open {
+                if let Some(piece) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                    if !piece.is_empty() {
+                        item.arguments.push_str(piece);
+                        let (id, index) = (item.id.clone(), item.output_index);
+                        out.push(self.event(
+                            "response.function_call_arguments.delta",
+                            json!({"item_id": id, "output_index": index, "delta": piece}),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_string());
+        }
+        out
+    }
+
+    fn open_text(&mut self) -> Vec<Event> {
+        let output_index = self.output.len();
+        let id = format!("msg_{}_{output_index}", self.id.trim_start_matches("resp_"));
+        self.open = Some(Open::Text(TextItem {
+            output_index,
+            id: id.clone(),
+            text: String::new(),
+        }));
+        vec![
+            self.event(
+                "response.output_item.added",
+                json!({"output_index": output_index, "item": {"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}}),
+            ),
+            self.event(
+                "response.content_part.added",
+                json!({"item_id": id, "output_index": output_index, "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+            ),
+        ]
+    }
+
+    fn open_call(&mut self, chat_index: u64, call: &Value) -> Vec<Event> {
+        let output_index = self.output.len();
+        let id = format!("fc_{}_{output_index}", self.id.trim_start_matches("resp_"));
+        let call_id = call.get("id").cloned().unwrap_or(Value::Null);
+        let name = call
+            .pointer("/function/name")
+            .cloned()
+            .unwrap_or(Value::Null);
+        self.open = Some(Open::Call(CallItem {
+            chat_index,
+            output_index,
+            id: id.clone(),
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments: String::new(),
+        }));
+        vec![self.event(
+            "response.output_item.added",
+            json!({"output_index": output_index, "item": {"id": id, "type": "function_call", "status": "in_progress",
+                "call_id": call_id, "name": name, "arguments": ""}}),
+        )]
+    }
+
+    /// The `.done` events of the open item, which joins the output.
+    fn close(&mut self) -> Vec<Event> {
+        match self.open.take() {
+            None => Vec::new(),
+            Some(Open::Text(item)) => {
+                let part = json!({"type": "output_text", "text": item.text, "annotations": [], "logprobs": []});
+                let done = json!({"id": item.id, "type": "message", "status": "completed", "role": "assistant", "content": [part]});
+                self.output.push(done.clone());
+                vec![
+                    self.event(
+                        "response.output_text.done",
+                        json!({"item_id": item.id, "output_index": item.output_index, "content_index": 0, "text": item.text, "logprobs": []}),
+                    ),
+                    self.event(
+                        "response.content_part.done",
+                        json!({"item_id": item.id, "output_index": item.output_index, "content_index": 0, "part": part}),
+                    ),
+                    self.event(
+                        "response.output_item.done",
+                        json!({"output_index": item.output_index, "item": done}),
+                    ),
+                ]
+            }
+            Some(Open::Call(item)) => {
+                let done = json!({"id": item.id, "type": "function_call", "status": "completed",
+                    "call_id": item.call_id, "name": item.name, "arguments": item.arguments});
+                self.output.push(done.clone());
+                vec![
+                    self.event(
+                        "response.function_call_arguments.done",
+                        json!({"item_id": item.id, "output_index": item.output_index, "name": item.name, "arguments": item.arguments}),
+                    ),
+                    self.event(
+                        "response.output_item.done",
+                        json!({"output_index": item.output_index, "item": done}),
+                    ),
+                ]
+            }
+        }
+    }
+
+    /// The upstream finished: close the open item, then
+    /// `response.completed` (or `response.incomplete` when the output was
+    /// cut by `max_output_tokens` or a content filter).
+    pub fn finish(&mut self) -> (Vec<Event>, Value) {
+        let mut out = self.close();
+        let (status, incomplete, name) = match self.finish_reason.as_deref() {
+            Some("length") => (
+                "incomplete",
+                json!({"reason": "max_output_tokens"}),
+                "response.incomplete",
+            ),
+            Some("content_filter") => (
+                "incomplete",
+                json!({"reason": "content_filter"}),
+                "response.incomplete",
+            ),
+            _ => ("completed", Value::Null, "response.completed"),
+        };
+        let mut response = skeleton(&self.meta(), status);
+        response["output"] = Value::Array(self.output.clone());
+        response["incomplete_details"] = incomplete;
+        if status == "completed" {
+            response["completed_at"] = json!(self.created_at);
+        }
+        response["usage"] = self.usage.clone().unwrap_or(Value::Null);
+        out.push(self.event(name, json!({"response": response.clone()})));
+        (out, response)
+    }
+
+    /// A failure after the stream began: an `error` event carrying the
+    /// error object and `reqId`, then `response.failed`.
+    pub fn fail(&mut self, error: &Value, request_id: &str) -> Vec<Event> {
+        let code = error.get("code").cloned().unwrap_or(Value::Null);
+        let message = error.get("message").cloned().unwrap_or(Value::Null);
+        let mut response = skeleton(&self.meta(), "failed");
+        response["output"] = Value::Array(self.output.clone());
+        response["error"] = json!({"code": "server_error", "message": message});
+        vec![
+            self.event(
+                "error",
+                json!({"code": code, "message": message, "param": error.get("param").cloned().unwrap_or(Value::Null),
+                    "error": error, "reqId": request_id}),
+            ),
+            self.event("response.failed", json!({"response": response})),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: Value, finish: Option<&str>) -> Value {
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    #[test]
+    fn text_then_two_tool_calls_come_out_in_sdk_order() {
+        let request = json!({"model": "p/m", "input": "hi"});
+        let meta = ResponseMeta {
+            id: "resp_1",
+            created_at: 5,
+            model: "p/m",
+            request: request.as_object().unwrap(),
+        };
+        let mut s = ResponseStream::new(&meta);
+        let mut events = s.start();
+        for c in [
+            chunk(json!({"role": "assistant", "content": ""}), None),
+            chunk(json!({"content": "Let me "}), None),
+            chunk(json!({"content": "check."}), None),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get", "arguments": ""}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "get", "arguments": "{}"}}]}),
+                None,
+            ),
+            chunk(json!({}), Some("tool_calls")),
+            json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}}),
+        ] {
+            events.extend(s.on_chunk(&c));
+        }
+        let (last, response) = s.finish();
+        events.extend(last);
+        let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(e.data["sequence_number"], n as u64);
+            assert_eq!(e.data["type"], e.name);
+        }
+        assert_eq!(events[0].data["response"]["status"], "in_progress");
+        assert_eq!(events[6].data["text"], "Let me check.");
+        assert_eq!(events[12].data["arguments"], "{\"q\":1}");
+        assert_eq!(response["status"], "completed");
+        assert_eq!(response["output"][0]["content"][0]["text"], "Let me check.");
+        assert_eq!(response["output"][1]["call_id"], "call_a");
+        assert_eq!(response["output"][2]["call_id"], "call_b");
+        assert_eq!(response["output"][2]["arguments"], "{}");
+        assert_eq!(response["usage"]["total_tokens"], 10);
+        assert_eq!(events.last().unwrap().data["response"], response);
+    }
+
+    #[test]
+    fn a_failure_is_an_error_event_then_response_failed() {
+        let request = json!({"model": "p/m", "input": "hi"});
+        let meta = ResponseMeta {
+            id: "resp_2",
+            created_at: 5,
+            model: "p/m",
+            request: request.as_object().unwrap(),
+        };
+        let mut s = ResponseStream::new(&meta);
+        let mut events = s.start();
+        events.extend(s.on_chunk(&chunk(json!({"content": "par"}), None)));
+        let error = json!({"message": "cut", "type": "service_unavailable", "code": "provider_unreachable", "param": null});
+        events.extend(s.fail(&error, "req_9"));
+        let last_two: Vec<&str> = events[events.len() - 2..].iter().map(|e| e.name).collect();
+        assert_eq!(last_two, ["error", "response.failed"]);
+        let e = &events[events.len() - 2].data;
+        assert_eq!(e["code"], "provider_unreachable");
+        assert_eq!(e["reqId"], "req_9");
+        assert_eq!(e["error"]["message"], "cut");
+        assert_eq!(events.last().unwrap().data["response"]["status"], "failed");
+    }
+
+    #[test]
+    fn a_cut_answer_is_incomplete() {
+        let request = json!({"model": "p/m", "input": "hi", "max_output_tokens": 3});
+        let meta = ResponseMeta {
+            id: "resp_3",
+            created_at: 5,
+            model: "p/m",
+            request: request.as_object().unwrap(),
+        };
+        let mut s = ResponseStream::new(&meta);
+        s.start();
+        s.on_chunk(&chunk(json!({"content": "abc"}), Some("length")));
+        let (events, response) = s.finish();
+        assert_eq!(events.last().unwrap().name, "response.incomplete");
+        assert_eq!(
+            response["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+    }
+}
