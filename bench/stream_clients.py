@@ -104,7 +104,6 @@ async def main():
         "Content-Type: application/json\r\n"
         f"Authorization: Bearer {args.key}\r\n"
         "Accept: text/event-stream\r\n"
-        "Authorization: Bearer bench\r\n"
         f"Content-Length: {len(body)}\r\n"
         "\r\n"
     ).encode() + body

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
-use mume_gateway::accounts::KeySpec;
 use serde_json::{json, Value};
 
 use crate::support::upstream::{respond, sse_response, Seen};
@@ -237,13 +236,7 @@ fn with_tool(mut body: Value) -> Value {
 async fn a_complete_answer_comes_back_as_a_chat_completion_and_is_billed_from_its_usage() {
     let upstream = messages_api().await;
     let gw = gateway(&upstream).await;
-    let (id, key) = gw
-        .key(KeySpec {
-            name: "k".into(),
-            credits: Some(1_000_000_000),
-            ..Default::default()
-        })
-        .await;
+    let (id, key) = gw.key_with_credit(1_000_000_000).await;
     let reply = gw.chat_as(&key, &ask("hi", false)).await;
     assert_eq!(reply.status(), 200);
     let body: Value = reply.json().await.unwrap();

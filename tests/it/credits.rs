@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use futures::future::join_all;
 use futures::StreamExt;
-use mume_gateway::accounts::KeySpec;
 use mume_gateway::billing::{estimate_prompt_tokens, Billing, ChargeSpec, Pricing};
 use mume_gateway::ratelimit::{MemoryLimiter, Permit, RateLimiter};
 use serde_json::{json, Value};
@@ -41,12 +40,7 @@ fn hold_of(body: &Value) -> i64 {
 }
 
 async fn limited_key(gw: &TestGateway, credits: i64) -> (String, String) {
-    gw.key(KeySpec {
-        name: "limited".into(),
-        credits: Some(credits),
-        ..Default::default()
-    })
-    .await
+    gw.key_with_credit(credits).await
 }
 
 fn completion_with_usage(prompt: u64, completion: u64) -> Value {

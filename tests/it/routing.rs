@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::IntoResponse;
 use futures::StreamExt;
-use mume_gateway::accounts::KeySpec;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
@@ -58,6 +57,23 @@ fn model_on(providers: &[&str]) -> String {
         "[[models]]\nid = \"up/m\"\nendpoints = [{}]\n",
         endpoints.join(", ")
     )
+}
+
+/// Model `up/m` on one endpoint: provider `a` at `base_url`, with
+/// `settings`.
+async fn single(base_url: &str, settings: &str) -> TestGateway {
+    gateway(&config(&[("a", base_url)], settings, &model_on(&["a"]))).await
+}
+
+/// Model `up/m` on endpoints `a` (priority 1) and `b` (priority 2), both
+/// providers with `settings`, plus these `[routing]` lines.
+async fn pair(a: &Upstream, b: &Upstream, settings: &str, routing: &str) -> TestGateway {
+    gateway(&config(
+        &[("a", &a.base_url), ("b", &b.base_url)],
+        settings,
+        &format!("{}\n[routing]\n{routing}\n", model_on(&["a", "b"])),
+    ))
+    .await
 }
 
 async fn gateway(toml: &str) -> TestGateway {
@@ -170,7 +186,7 @@ async fn uf01_a_429_with_retry_after_is_waited_out_on_the_only_endpoint() {
         ok(),
     ])
     .await;
-    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let gw = single(&upstream.base_url, "").await;
     let (reply, wall) = on_paused_clock(&gw).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
@@ -187,13 +203,10 @@ async fn uf01_a_429_with_retry_after_is_waited_out_on_the_only_endpoint() {
 #[tokio::test]
 async fn retries_back_off_exponentially_with_jitter() {
     let (upstream, times) = timed(vec![status(500), status(502), status(503), ok()]).await;
-    let gw = gateway(&config(
-        &[("a", &upstream.base_url)],
-        "max_attempts = 4
-backoff_base = \"1s\"
-backoff_cap = \"3s\"",
-        &model_on(&["a"]),
-    ))
+    let gw = single(
+        &upstream.base_url,
+        "max_attempts = 4\nbackoff_base = \"1s\"\nbackoff_cap = \"3s\"",
+    )
     .await;
     let (reply, wall) = on_paused_clock(&gw).await;
     assert_eq!(reply.status(), 200);
@@ -219,12 +232,7 @@ async fn uf01_a_429_moves_straight_to_another_endpoint() {
     )])
     .await;
     let b = scripted(vec![ok()]).await;
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "",
-        &model_on(&["a", "b"]),
-    ))
-    .await;
+    let gw = pair(&a, &b, "", "").await;
     let started = Instant::now();
     let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(reply.status(), 200);
@@ -238,7 +246,7 @@ async fn uf01_a_429_moves_straight_to_another_endpoint() {
 #[tokio::test]
 async fn uf02_a_500_once_then_200_succeeds() {
     let upstream = scripted(vec![status(500), ok()]).await;
-    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let gw = single(&upstream.base_url, "").await;
     let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
@@ -248,7 +256,7 @@ async fn uf02_a_500_once_then_200_succeeds() {
 #[tokio::test]
 async fn uf03_a_persistent_503_ends_after_the_attempts_naming_the_provider() {
     let upstream = scripted(vec![status(503)]).await;
-    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let gw = single(&upstream.base_url, "").await;
     let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
     let e = error_reply(reply).await;
@@ -286,7 +294,7 @@ async fn uf04_a_connection_reset_before_headers_is_retried() {
         }
     })
     .await;
-    let gw = gateway(&config(&[("a", &upstream.base_url)], "", &model_on(&["a"]))).await;
+    let gw = single(&upstream.base_url, "").await;
     let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
@@ -300,12 +308,7 @@ async fn uf05_a_silent_endpoint_ends_at_its_first_byte_timeout_or_fails_over() {
     let settings = "first_byte_timeout = \"300ms\"\nmax_attempts = 3";
 
     // Alone: one wait of the first-byte timeout, no retry of the silence.
-    let gw = gateway(&config(
-        &[("a", &silent.base_url)],
-        settings,
-        &model_on(&["a"]),
-    ))
-    .await;
+    let gw = single(&silent.base_url, settings).await;
     let started = Instant::now();
     let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     let e = error_reply(reply).await;
@@ -319,12 +322,7 @@ async fn uf05_a_silent_endpoint_ends_at_its_first_byte_timeout_or_fails_over() {
     assert_eq!(silent.seen().len(), 1);
 
     // With another endpoint: it answers.
-    let gw = gateway(&config(
-        &[("a", &silent.base_url), ("b", &good.base_url)],
-        settings,
-        &model_on(&["a", "b"]),
-    ))
-    .await;
+    let gw = pair(&silent, &good, settings, "").await;
     let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-provider"), "b");
@@ -344,12 +342,7 @@ async fn a_stream_that_fails_before_its_first_content_fails_over_cleanly() {
     ])
     .await;
     let b = Upstream::sse(answer(&["hello", " world"])).await;
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "",
-        &model_on(&["a", "b"]),
-    ))
-    .await;
+    let gw = pair(&a, &b, "", "").await;
     let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     assert_eq!(reply.status(), 200);
     assert_eq!(header(&reply, "x-mume-attempts"), "2");
@@ -369,12 +362,7 @@ async fn uf10_after_content_reached_the_client_there_is_no_retry() {
     script.push(Play::Abort);
     let a = Upstream::sse(script).await;
     let b = Upstream::sse(answer(&["never"])).await;
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "max_attempts = 3",
-        &model_on(&["a", "b"]),
-    ))
-    .await;
+    let gw = pair(&a, &b, "max_attempts = 3", "").await;
     let reply = post_chat(&gw, &chat_body("up/m", true)).await;
     assert_eq!(reply.status(), 200);
     let id = request_id(reply.headers());
@@ -394,12 +382,7 @@ async fn uf11_an_upstream_400_is_tried_exactly_once() {
     )])
     .await;
     let b = scripted(vec![ok()]).await;
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "max_attempts = 3",
-        &model_on(&["a", "b"]),
-    ))
-    .await;
+    let gw = pair(&a, &b, "max_attempts = 3", "").await;
     let reply = post_chat(&gw, &chat_body("up/m", false)).await;
     let e = error_reply(reply).await;
     assert_eq!(e.status, 400);
@@ -417,15 +400,7 @@ async fn uf11_an_upstream_400_is_tried_exactly_once() {
 async fn uf12_a_5xx_storm_stays_within_the_retry_budget() {
     let a = scripted(vec![status(500)]).await;
     let b = scripted(vec![status(502)]).await;
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "max_attempts = 3",
-        &format!(
-            "{}\n[routing]\ncircuit_failures = 1000\n",
-            model_on(&["a", "b"])
-        ),
-    ))
-    .await;
+    let gw = pair(&a, &b, "max_attempts = 3", "circuit_failures = 1000").await;
     let requests = 200;
     let replies = statuses(&gw, requests, 16).await;
     assert!(replies.iter().all(|s| s.as_u16() == 503));
@@ -453,15 +428,7 @@ async fn uf13_an_endpoint_that_keeps_failing_is_ejected_and_comes_back() {
     })
     .await;
     let b = scripted(vec![ok()]).await;
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "max_attempts = 1",
-        &format!(
-            "{}\n[routing]\ncircuit_open = \"400ms\"\n",
-            model_on(&["a", "b"])
-        ),
-    ))
-    .await;
+    let gw = pair(&a, &b, "max_attempts = 1", "circuit_open = \"400ms\"").await;
     let ask = || async {
         let reply = post_chat(&gw, &chat_body("up/m", false)).await;
         assert_eq!(reply.status(), 200);
@@ -548,13 +515,7 @@ async fn cr07_a_fallback_model_answers_and_only_its_usage_is_billed() {
         models,
     ))
     .await;
-    let (id, key) = gw
-        .key(KeySpec {
-            name: "k".into(),
-            credits: Some(1_000_000_000),
-            ..Default::default()
-        })
-        .await;
+    let (id, key) = gw.key_with_credit(1_000_000_000).await;
     let mut body = chat_body("up/m", false);
     body["models"] = json!(["fb/m"]);
     let reply = gw.chat_as(&key, &body).await;
@@ -575,7 +536,7 @@ async fn cr07_a_fallback_model_answers_and_only_its_usage_is_billed() {
 #[tokio::test]
 async fn unknown_fallback_models_get_a_400_naming_them() {
     let a = scripted(vec![ok()]).await;
-    let gw = gateway(&config(&[("a", &a.base_url)], "", &model_on(&["a"]))).await;
+    let gw = single(&a.base_url, "").await;
     let mut body = chat_body("up/m", false);
     body["models"] = json!(["nope/x", "up/m", "also/missing"]);
     let e = error_reply(post_chat(&gw, &body).await).await;
@@ -590,12 +551,7 @@ async fn unknown_fallback_models_get_a_400_naming_them() {
 async fn provider_preferences_pick_filter_and_can_leave_nothing() {
     let a = scripted(vec![ok()]).await;
     let b = scripted(vec![ok()]).await;
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "",
-        &model_on(&["a", "b"]),
-    ))
-    .await;
+    let gw = pair(&a, &b, "", "").await;
     let served_by = |prefs: Value| {
         let mut body = chat_body("up/m", false);
         body["provider"] = prefs;
@@ -637,15 +593,7 @@ async fn storm_twenty_percent_503_on_two_endpoints_still_serves_999_per_mille() 
         })
     };
     let (a, b) = (flaky().await, flaky().await);
-    let gw = gateway(&config(
-        &[("a", &a.base_url), ("b", &b.base_url)],
-        "max_attempts = 3",
-        &format!(
-            "{}\n[routing]\nretry_budget_percent = 50\n",
-            model_on(&["a", "b"])
-        ),
-    ))
-    .await;
+    let gw = pair(&a, &b, "max_attempts = 3", "retry_budget_percent = 50").await;
     let requests = 2000;
     let ok = statuses(&gw, requests, 32)
         .await
@@ -663,7 +611,7 @@ async fn storm_twenty_percent_503_on_two_endpoints_still_serves_999_per_mille() 
 #[tokio::test]
 async fn the_providers_route_is_for_the_admin_only() {
     let a = scripted(vec![ok()]).await;
-    let gw = gateway(&config(&[("a", &a.base_url)], "", &model_on(&["a"]))).await;
+    let gw = single(&a.base_url, "").await;
     let as_user = client()
         .get(gw.url("/api/v1/providers"))
         .send()
@@ -706,13 +654,7 @@ async fn metrics_count_requests_attempts_retries_circuits_tokens_and_rejections(
     );
     let reply = post_chat(&gw, &chat_body("mx/stream", true)).await;
     Sse::new(reply).rest().await;
-    let (_, poor) = gw
-        .key(KeySpec {
-            name: "poor".into(),
-            credits: Some(0),
-            ..Default::default()
-        })
-        .await;
+    let (_, poor) = gw.key_with_credit(0).await;
     assert_eq!(
         gw.chat_as(&poor, &chat_body("mx/stream", false))
             .await

@@ -127,6 +127,16 @@ impl TestGateway {
     }
 
     /// POSTs `body` to the chat route with `key`.
+    /// A key with `credits` nano-USD and no other limit: (id, plaintext).
+    pub async fn key_with_credit(&self, credits: i64) -> (String, String) {
+        self.key(KeySpec {
+            name: "with-credit".into(),
+            credits: Some(credits),
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn chat_as(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
         crate::support::keyed(key)
             .post(self.url("/api/v1/chat/completions"))
