@@ -92,6 +92,10 @@ const SETTLE_AND_READ: &str = concat!(
 /// A batch without holds: settlements and the commit, in one round trip.
 const SETTLE_AND_COMMIT: &str = concat!(settlements!(), "COMMIT");
 
+/// A batch of holds only: the balances they need.
+const READ: &str = "BEGIN IMMEDIATE;
+SELECT id, balance FROM api_keys WHERE id IN (SELECT value FROM json_each(?1, '$.keys'))";
+
 /// The admitted holds: `$.changes` [key_id, balance change], `$.holds`,
 /// `$.ledger` rows in order. Then the commit.
 const WRITE_HOLDS: &str = "UPDATE api_keys SET balance = balance + d.change
@@ -274,8 +278,14 @@ async fn apply(conn: &mut SqliteConnection, ops: &[&Op]) -> StoreResult<Vec<Done
             .map_err(unavailable)?;
         return Ok(vec![Done::Settled; ops.len()]);
     }
+    // Statements over empty lists still cost a run each: skip them.
+    let read = if settle.is_empty() && usage.is_empty() {
+        READ
+    } else {
+        SETTLE_AND_READ
+    };
     let first = json!({"settle": settle, "usage": usage, "keys": keys}).to_string();
-    let rows = sqlx::query(SETTLE_AND_READ)
+    let rows = sqlx::query(read)
         .bind(first)
         .fetch_all(&mut *conn)
         .await
