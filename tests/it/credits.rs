@@ -166,6 +166,16 @@ async fn cr02_concurrent_streams_are_admitted_up_to_the_credit_and_settle_exactl
     assert_eq!(gw.ledger_sum(&id).await, initial - 50 * cost);
 }
 
+/// A stream that answers "ok" and reports 3 prompt and 1 completion token.
+fn fine_stream() -> Vec<Play> {
+    vec![
+        Play::Data(chunk("ok")),
+        Play::Data(finish_chunk("stop")),
+        Play::Data(usage_chunk(3, 1)),
+        Play::Data("[DONE]".into()),
+    ]
+}
+
 #[tokio::test]
 async fn cr03_the_hold_is_released_on_every_way_out() {
     let upstream = Upstream::start(|req| async move {
@@ -178,12 +188,7 @@ async fn cr03_the_hold_is_released_on_every_way_out() {
                 Play::Abort,
             ],
             "slow" => vec![Play::Sleep(Duration::from_secs(5))],
-            _ => vec![
-                Play::Data(chunk("ok")),
-                Play::Data(finish_chunk("stop")),
-                Play::Data(usage_chunk(3, 1)),
-                Play::Data("[DONE]".into()),
-            ],
+            _ => fine_stream(),
         };
         sse_response(script, None).into_response()
     })
@@ -308,12 +313,7 @@ async fn cr03_ten_thousand_mixed_requests_leave_no_drift() {
             // The client leaves after the first chunk; nothing more comes.
             "leave" => vec![Play::Data(chunk("a")), Play::Sleep(Duration::from_secs(30))],
             "slow" => vec![Play::Sleep(Duration::from_secs(30))],
-            _ => vec![
-                Play::Data(chunk("ok")),
-                Play::Data(finish_chunk("stop")),
-                Play::Data(usage_chunk(3, 1)),
-                Play::Data("[DONE]".into()),
-            ],
+            _ => fine_stream(),
         };
         sse_response(script, None).into_response()
     })
