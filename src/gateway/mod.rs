@@ -142,7 +142,7 @@ impl Gateway {
         };
         ctx.record.update(|r| {
             r.model = Some(first.model.id.clone());
-            r.provider = Some(first.endpoint.provider.clone());
+            r.provider = Some(first.endpoint().provider.clone());
             r.streamed = request.stream;
         });
         let idempotency_key = match &caller.idempotency_key {
@@ -158,7 +158,7 @@ impl Gateway {
             key: key.clone(),
             request_id: ctx.request_id.clone(),
             model: first.model.id.clone(),
-            provider: first.endpoint.provider.clone(),
+            provider: first.endpoint().provider.clone(),
             prompt: models.iter().map(|m| m.prompt_price).max().unwrap_or(0),
             completion: models.iter().map(|m| m.completion_price).max().unwrap_or(0),
             prompt_estimate: most(&|m| prompt_estimate(&request, m)),
@@ -192,23 +192,20 @@ impl Gateway {
         request: &ChatRequest,
         key: &KeyRecord,
     ) -> Result<Vec<Arc<ModelConfig>>, GatewayError> {
-        let primary = self.catalog.resolve(&request.model)?.clone();
-        let unknown: Vec<&str> = request
-            .fallbacks
-            .iter()
-            .filter(|id| self.catalog.resolve(id).is_err())
-            .map(String::as_str)
-            .collect();
+        let mut models = vec![self.catalog.resolve(&request.model)?.clone()];
+        let mut unknown: Vec<&str> = Vec::new();
+        for id in &request.fallbacks {
+            match self.catalog.resolve(id) {
+                Ok(model) => models.push(model.clone()),
+                Err(_) => unknown.push(id),
+            }
+        }
         if !unknown.is_empty() {
             return Err(GatewayError::bad_request(
                 "model_not_found",
                 format!("`models` names models this gateway does not serve: {}. Use ids from GET /api/v1/models.", unknown.join(", ")),
                 Some("models"),
             ));
-        }
-        let mut models = vec![primary];
-        for id in &request.fallbacks {
-            models.push(self.catalog.resolve(id)?.clone());
         }
         let denied: Vec<&str> = models
             .iter()
@@ -336,7 +333,7 @@ impl Gateway {
         loop {
             let mut tried = false;
             for (i, candidate) in group.iter().enumerate() {
-                let endpoint = &candidate.endpoint;
+                let endpoint = candidate.endpoint();
                 let policy = self.retry_policy(&endpoint.provider);
                 if tries[i] >= policy.max_attempts {
                     continue;
@@ -350,18 +347,18 @@ impl Gateway {
                     tries[i] = u32::MAX;
                     continue;
                 }
-                if run.total > 0 && !self.router.take_retry() {
-                    run.notes.push("retry budget used up".into());
-                    return Err(Some(run.all_failed()));
+                if run.total > 0 {
+                    if !self.router.take_retry() {
+                        run.notes.push("retry budget used up".into());
+                        return Err(Some(run.all_failed()));
+                    }
+                    crate::metrics::retry(&endpoint.provider);
                 }
                 if tries[i] > 0 {
                     let delay = waits[i]
                         .take()
                         .unwrap_or_else(|| backoff(&policy, tries[i]));
                     tokio::time::sleep(delay).await;
-                }
-                if run.total > 0 {
-                    crate::metrics::retry(&endpoint.provider);
                 }
                 tries[i] += 1;
                 run.total += 1;
@@ -430,11 +427,12 @@ impl Gateway {
         let model = &candidate.model;
         let provider = self
             .providers
-            .get(&candidate.endpoint.provider)
+            .get(&candidate.endpoint().provider)
             .ok_or_else(|| Failure {
                 error: GatewayError::internal(format!(
                     "no provider {:?} for model {}",
-                    candidate.endpoint.provider, model.id
+                    candidate.endpoint().provider,
+                    model.id
                 )),
                 retry: Retry::Elsewhere,
                 unhealthy: false,
@@ -444,7 +442,7 @@ impl Gateway {
         let timeouts = provider.timeouts();
         let (stream, client_wants_usage) = (request.stream, request.client_wants_usage);
         let call = ChatCall {
-            body: request.upstream_body(&candidate.endpoint.upstream),
+            body: request.upstream_body(&candidate.endpoint().upstream),
             stream,
             default_max_tokens: max_output_tokens(None, model),
         };

@@ -29,7 +29,14 @@ use crate::config::{EndpointConfig, ModelConfig, RetryPolicy, RoutingConfig};
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub model: Arc<ModelConfig>,
-    pub endpoint: EndpointConfig,
+    /// Which of `model.endpoints`.
+    index: usize,
+}
+
+impl Candidate {
+    pub fn endpoint(&self) -> &EndpointConfig {
+        &self.model.endpoints[self.index]
+    }
 }
 
 /// The request's `provider` preferences (OpenRouter's names).
@@ -148,41 +155,43 @@ impl Router {
         let mut rng = rand::rng();
         let mut out = Vec::new();
         for model in models {
-            let mut endpoints: Vec<&EndpointConfig> = model
-                .endpoints
-                .iter()
-                .filter(|e| prefs.only.as_ref().is_none_or(|o| o.contains(&e.provider)))
-                .filter(|e| !prefs.ignore.contains(&e.provider))
-                .collect();
+            let allowed = |e: &EndpointConfig| {
+                prefs.only.as_ref().is_none_or(|o| o.contains(&e.provider))
+                    && !prefs.ignore.contains(&e.provider)
+            };
             // Priority first; within a priority, a weighted random order
             // (each endpoint draws u^(1/weight); largest first).
-            let mut keyed: Vec<(u32, f64, &EndpointConfig)> = endpoints
-                .drain(..)
-                .map(|e| {
+            let mut keyed: Vec<(u32, f64, usize)> = model
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| allowed(e))
+                .map(|(i, e)| {
                     let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-                    (e.priority, u.powf(1.0 / f64::from(e.weight)), e)
+                    (e.priority, u.powf(1.0 / f64::from(e.weight)), i)
                 })
                 .collect();
             keyed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
-            let mut ordered: Vec<&EndpointConfig> = keyed.into_iter().map(|k| k.2).collect();
+            let mut ordered: Vec<usize> = keyed.into_iter().map(|k| k.2).collect();
             if !prefs.order.is_empty() {
-                let rank = |e: &EndpointConfig| {
+                let rank = |i: usize| {
+                    let provider = &model.endpoints[i].provider;
                     prefs
                         .order
                         .iter()
-                        .position(|p| *p == e.provider)
+                        .position(|p| p == provider)
                         .unwrap_or(usize::MAX)
                 };
-                ordered.sort_by_key(|e| rank(e));
+                ordered.sort_by_key(|i| rank(*i));
                 if !prefs.allow_fallbacks {
-                    ordered.retain(|e| rank(e) != usize::MAX);
+                    ordered.retain(|i| rank(*i) != usize::MAX);
                 }
             } else if !prefs.allow_fallbacks {
                 ordered.truncate(1);
             }
-            out.extend(ordered.into_iter().map(|e| Candidate {
+            out.extend(ordered.into_iter().map(|index| Candidate {
                 model: model.clone(),
-                endpoint: e.clone(),
+                index,
             }));
         }
         out
@@ -347,7 +356,9 @@ mod tests {
     }
 
     fn providers(plan: &[Candidate]) -> Vec<&str> {
-        plan.iter().map(|c| c.endpoint.provider.as_str()).collect()
+        plan.iter()
+            .map(|c| c.endpoint().provider.as_str())
+            .collect()
     }
 
     #[test]
@@ -361,8 +372,8 @@ mod tests {
         let mut a_first = 0;
         for _ in 0..1000 {
             let plan = router.plan(std::slice::from_ref(&m), &ProviderPrefs::any());
-            assert_eq!(plan[2].endpoint.provider, "backup");
-            if plan[0].endpoint.provider == "a" {
+            assert_eq!(plan[2].endpoint().provider, "backup");
+            if plan[0].endpoint().provider == "a" {
                 a_first += 1;
             }
         }

@@ -55,9 +55,11 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(HEADER, value);
     }
     let (limits, served_by) = ctx.record.read(|r| {
-        let served_by = (r.attempts > 0)
-            .then(|| r.provider.clone().map(|p| (p, r.attempts)))
-            .flatten();
+        let served_by = r
+            .provider
+            .clone()
+            .filter(|_| r.attempts > 0)
+            .map(|p| (p, r.attempts));
         (r.rate_limits, served_by)
     });
     for (name, value) in limits.iter().flat_map(|l| l.headers()) {
@@ -110,9 +112,9 @@ impl AccessLine {
             _ => "ok",
         };
         let usage = r.usage.unwrap_or_default();
-        if r.model.is_some() {
+        if let Some(model) = r.model.as_deref() {
             crate::metrics::request_finished(
-                r.model.as_deref().unwrap_or("-"),
+                model,
                 r.provider.as_deref().unwrap_or("-"),
                 self.status,
                 self.started.elapsed(),

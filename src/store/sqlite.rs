@@ -103,7 +103,7 @@ fn usage_from_row(row: &SqliteRow) -> UsageRecord {
 }
 
 /// Token counts are stored as SQLite integers (i64).
-fn sql_count(n: u64) -> i64 {
+pub(super) fn sql_count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

@@ -35,7 +35,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::unavailable;
+use super::sqlite::{sql_count, unavailable};
 use super::{HoldRequest, HoldResult, StoreError, StoreResult, UsageRecord};
 use crate::config::NanoUsd;
 
@@ -349,20 +349,19 @@ fn decide(h: &HoldRequest, balances: &mut HashMap<String, Option<NanoUsd>>) -> H
 }
 
 fn usage_row(u: &UsageRecord) -> Value {
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     json!([
         u.hold_id,
         u.request_id,
         u.key_id,
         u.model,
         u.provider,
-        count(u.prompt_tokens),
-        count(u.completion_tokens),
-        count(u.cached_tokens),
+        sql_count(u.prompt_tokens),
+        sql_count(u.completion_tokens),
+        sql_count(u.cached_tokens),
         u.cost,
         u.status,
         u.outcome,
-        count(u.latency_ms),
+        sql_count(u.latency_ms),
         i64::from(u.streamed),
         i64::from(u.cancelled),
         u.created_at
