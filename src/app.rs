@@ -22,13 +22,22 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::gateway::error::GatewayError;
 use crate::http::error::ApiError;
-use crate::http::{account, admin, chat, health, models};
+use crate::http::{account, admin, chat, health, models, responses};
 use crate::middleware::{auth, limits, request_id};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/chat/completions", post(chat::create))
+        .route("/api/v1/responses", post(responses::create))
+        .route(
+            "/api/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/api/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/{*id}", get(models::get))
         .route("/api/v1/key", get(account::key_info))

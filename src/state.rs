@@ -9,6 +9,7 @@ use crate::accounts::{Accounts, AdminSecret, KeySpec};
 use crate::billing::{sweep_forever, Billing};
 use crate::config::{Config, StoreConfig};
 use crate::gateway::catalog::Catalog;
+use crate::gateway::responses::purge_forever;
 use crate::gateway::router::Router;
 use crate::gateway::{Gateway, GatewayParts};
 use crate::middleware::limits::HeaderLimits;
@@ -81,6 +82,7 @@ impl AppState {
             store: store.clone(),
             keepalive: server.keepalive_interval,
             max_stream_duration: server.max_stream_duration,
+            responses_retention: config.store.responses_retention,
         });
         let admin = env(ADMIN_KEY_ENV)
             .filter(|s| !s.is_empty())
@@ -101,11 +103,17 @@ impl AppState {
 
     /// Starts the background sweeper of expired holds (call inside the
     /// runtime). It runs once at once, then every `sweep_interval`.
+    /// The same task purges stored responses past their retention.
     pub fn start_sweeper(&self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(sweep_forever(
-            self.accounts.store.clone(),
-            self.store_config.sweep_interval,
-        ))
+        let store = self.accounts.store.clone();
+        let every = self.store_config.sweep_interval;
+        let retention = self.store_config.responses_retention;
+        tokio::spawn(async move {
+            tokio::join!(
+                sweep_forever(store.clone(), every),
+                purge_forever(store.responses, retention, every)
+            );
+        })
     }
 
     /// On first start (no key in the store), creates the starter key.

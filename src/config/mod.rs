@@ -59,6 +59,8 @@ pub struct StoreConfig {
     /// process that died; the sweeper resolves it.
     pub hold_ttl: Duration,
     pub sweep_interval: Duration,
+    /// How long stored responses are kept.
+    pub responses_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +100,8 @@ pub struct ProviderConfig {
     pub retry: RetryPolicy,
     /// The `anthropic-version` header (kind anthropic only).
     pub anthropic_version: Option<String>,
+    /// The server serves the Responses API itself (kind openai only).
+    pub native_responses: bool,
 }
 
 /// How an endpoint of this provider is retried.
@@ -136,6 +140,8 @@ pub struct ModelConfig {
     pub completion_price: NanoUsd,
     pub context_length: Option<u64>,
     pub max_output_tokens: Option<u64>,
+    /// The model reads images as well as text.
+    pub takes_images: bool,
 }
 
 /// One provider serving a model under its own model name.
@@ -451,6 +457,11 @@ fn validate_store(
             raw.sweep_interval.as_deref(),
             Duration::from_secs(15),
         ),
+        responses_retention: check.duration(
+            "store.responses_retention",
+            raw.responses_retention.as_deref(),
+            Duration::from_secs(30 * 24 * 3600),
+        ),
     };
     // A hold must outlive the longest request, or the sweeper would settle
     // a request that is still running.
@@ -696,6 +707,13 @@ fn validate_provider(
             );
         }
     }
+    if raw.native_responses == Some(true) && kind != ProviderKind::OpenAi {
+        check.report(
+            at("native_responses"),
+            "only applies to providers of kind \"openai\"",
+            "remove it; other kinds are served by translating to Chat Completions",
+        );
+    }
     Some(ProviderConfig {
         name,
         kind,
@@ -705,6 +723,7 @@ fn validate_provider(
         timeouts,
         retry,
         anthropic_version: raw.anthropic_version.clone(),
+        native_responses: raw.native_responses.unwrap_or(false),
     })
 }
 
@@ -843,7 +862,30 @@ fn validate_model(
             "set max_output_tokens (or context_length)",
         );
     }
+    let takes_images = match &raw.input_modalities {
+        None => true,
+        Some(list) => {
+            for m in list {
+                if m != "text" && m != "image" {
+                    check.report(
+                        at("input_modalities"),
+                        format!("{m:?} is not a modality the gateway knows"),
+                        "list \"text\" and, if the model reads images, \"image\"",
+                    );
+                }
+            }
+            if !list.iter().any(|m| m == "text") {
+                check.report(
+                    at("input_modalities"),
+                    "must include \"text\"",
+                    "write [\"text\"] or [\"text\", \"image\"]",
+                );
+            }
+            list.iter().any(|m| m == "image")
+        }
+    };
     Some(ModelConfig {
+        takes_images,
         name: raw.name.clone().unwrap_or_else(|| id.clone()),
         prompt_price,
         completion_price,

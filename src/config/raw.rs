@@ -37,6 +37,7 @@ pub struct RawStore {
     pub busy_timeout: Option<String>,
     pub hold_ttl: Option<String>,
     pub sweep_interval: Option<String>,
+    pub responses_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +64,7 @@ pub struct RawProvider {
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
     pub anthropic_version: Option<String>,
+    pub native_responses: Option<bool>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub connect_timeout: Option<String>,
@@ -85,6 +87,7 @@ pub struct RawModel {
     pub completion_price: Option<toml::Value>,
     pub context_length: Option<u64>,
     pub max_output_tokens: Option<u64>,
+    pub input_modalities: Option<Vec<String>>,
     pub endpoints: Option<Vec<RawEndpoint>>,
 }
 

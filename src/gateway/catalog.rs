@@ -76,6 +76,10 @@ impl Catalog {
                 "context_length": m.context_length,
                 "max_completion_tokens": m.max_output_tokens,
             },
+            "architecture": {
+                "input_modalities": if m.takes_images { json!(["text", "image"]) } else { json!(["text"]) },
+                "output_modalities": ["text"],
+            },
         })
     }
 }

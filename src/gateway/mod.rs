@@ -32,14 +32,14 @@ use sha2::{Digest, Sha256};
 use crate::accounts::{model_allowed, now_ms, store_unavailable};
 use crate::billing::{estimate_prompt_tokens, Billing, Charge, ChargeSpec, Pricing};
 use crate::config::{usd_string, ModelConfig, RetryPolicy};
-use crate::providers::{ChatCall, ChatReply, ProviderError, Registry};
+use crate::providers::{Api, ChatCall, ChatReply, EventStream, ProviderError, Registry};
 use crate::ratelimit::{LimitKind, RateLimiter, Refusal};
 use crate::store::{Claim, IdempotencyClaim, KeyRecord, Store};
 use catalog::Catalog;
 use error::{ErrorKind, GatewayError};
 use json::RawObject;
 use record::{Outcome, RequestContext, Usage};
-use relay::{ChunkRelay, Step, StreamLimits};
+use relay::{ChunkRelay, EventRelay, Step, StreamLimits};
 use request::ChatRequest;
 use router::{backoff, Candidate, Router};
 
@@ -77,6 +77,8 @@ pub struct Gateway {
     /// comes from each provider.
     keepalive: Duration,
     max_stream_duration: Duration,
+    /// How long stored responses are kept.
+    responses_retention: Duration,
 }
 
 /// What `Gateway::new` is built from.
@@ -90,6 +92,7 @@ pub struct GatewayParts {
     pub store: Store,
     pub keepalive: Duration,
     pub max_stream_duration: Duration,
+    pub responses_retention: Duration,
 }
 
 impl Gateway {
@@ -104,20 +107,91 @@ impl Gateway {
             store: parts.store,
             keepalive: parts.keepalive,
             max_stream_duration: parts.max_stream_duration,
+            responses_retention: parts.responses_retention,
         }
     }
 
-    /// One Chat Completions request: rate limits, model permission,
-    /// idempotency, the credit hold, then the attempts. The charge settles
-    /// on every way out.
+    /// One Chat Completions request.
     pub async fn chat(
         &self,
         body: &[u8],
         ctx: &RequestContext,
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
+        self.run(ChatRequest::parse(body)?, body, ctx, caller).await
+    }
+
+    /// One Responses request, through the same pipeline: answered natively
+    /// or translated, and stored when `store` is true (a stream stores its
+    /// response before its last frame).
+    pub async fn responses(
+        &self,
+        body: &[u8],
+        ctx: &RequestContext,
+        caller: &Caller,
+    ) -> Result<ChatOutcome, GatewayError> {
+        let request = responses::prepare(
+            body,
+            &caller.key.id,
+            self.store.responses.clone(),
+            self.responses_retention,
+        )
+        .await?;
+        let job = request.responses.clone();
+        let outcome = self.run(request, body, ctx, caller).await?;
+        let bytes = match outcome {
+            ChatOutcome::Complete(bytes) => bytes,
+            stream => return Ok(stream),
+        };
+        // A replayed answer was stored when it was first made.
+        let replayed = ctx.record.read(|r| r.replayed);
+        if let (Some(job), false) = (job, replayed) {
+            if let (Some(saver), Ok(response)) =
+                (&job.saver, serde_json::from_slice::<Value>(&bytes))
+            {
+                saver.save(&job.id, &response).await;
+            }
+        }
+        Ok(ChatOutcome::Complete(bytes))
+    }
+
+    /// A stored response of this key (404 for any other, and past
+    /// retention).
+    pub async fn stored_response(
+        &self,
+        key_id: &str,
+        id: &str,
+    ) -> Result<crate::store::StoredResponse, GatewayError> {
+        let not_before = now_ms() - self.responses_retention.as_millis() as i64;
+        self.store
+            .responses
+            .get_response(key_id, id, not_before)
+            .await
+            .map_err(store_unavailable)?
+            .ok_or_else(|| responses::not_found(id))
+    }
+
+    /// Deletes a stored response of this key; 404 if there is none.
+    pub async fn delete_response(&self, key_id: &str, id: &str) -> Result<Value, GatewayError> {
+        self.stored_response(key_id, id).await?;
+        self.store
+            .responses
+            .delete_response(key_id, id)
+            .await
+            .map_err(store_unavailable)?;
+        Ok(serde_json::json!({"id": id, "object": "response", "deleted": true}))
+    }
+
+    /// Rate limits, model permission, idempotency, the credit hold, then
+    /// the attempts. The charge settles on every way out.
+    async fn run(
+        &self,
+        mut request: ChatRequest,
+        body: &[u8],
+        ctx: &RequestContext,
+        caller: &Caller,
+    ) -> Result<ChatOutcome, GatewayError> {
         let key = &caller.key;
-        let mut request = ChatRequest::parse(body)?;
         let admitted = self
             .limiter
             .admit(&key.id, key.limits, request.max_tokens)
@@ -206,6 +280,20 @@ impl Gateway {
                 format!("`models` names models this gateway does not serve: {}. Use ids from GET /api/v1/models.", unknown.join(", ")),
                 Some("models"),
             ));
+        }
+        if let Some(at) = &request.image_at {
+            let blind: Vec<&str> = models
+                .iter()
+                .filter(|m| !m.takes_images)
+                .map(|m| m.id.as_str())
+                .collect();
+            if !blind.is_empty() {
+                return Err(GatewayError::bad_request(
+                    "image_not_supported",
+                    format!("{at} is an image, and {} reads text only. Send text, or use a model whose GET /api/v1/models entry lists \"image\" in architecture.input_modalities.", blind.join(", ")),
+                    Some(at),
+                ));
+            }
         }
         let denied: Vec<&str> = models
             .iter()
@@ -441,10 +529,32 @@ impl Gateway {
             .clone();
         let timeouts = provider.timeouts();
         let (stream, client_wants_usage) = (request.stream, request.client_wants_usage);
+        let upstream = &candidate.endpoint().upstream;
+        let job = request.responses.clone();
+        let native = job.is_some() && provider.native_responses();
+        let (body, api) = match &job {
+            Some(_) if native => (request.upstream_body(upstream, false), Api::Responses),
+            Some(job) => match job.chat_body(upstream, stream) {
+                Ok(body) => (body, Api::ChatCompletions),
+                Err(error) => {
+                    return Err(Failure {
+                        error,
+                        retry: Retry::Elsewhere,
+                        unhealthy: false,
+                        summary: "cannot be translated for it".into(),
+                    })
+                }
+            },
+            None => (
+                request.upstream_body(upstream, stream),
+                Api::ChatCompletions,
+            ),
+        };
         let call = ChatCall {
-            body: request.upstream_body(&candidate.endpoint().upstream),
+            body,
             stream,
             default_max_tokens: max_output_tokens(None, model),
+            api,
         };
         charge.mark_sent();
         let started = Instant::now();
@@ -461,69 +571,142 @@ impl Gateway {
             .and_then(|r| r)
             .map_err(fail)?;
 
-        match reply {
+        let events = match reply {
             ChatReply::Complete(bytes) => {
-                let done = rewrite_completion(&bytes, &model.id, charge.pricing()).map_err(fail)?;
+                let done = match &job {
+                    Some(job) if native => {
+                        let (body, response, usage) =
+                            responses::relay::native_complete(&bytes, job, &model.id)
+                                .map_err(fail)?;
+                        Completion {
+                            body,
+                            usage,
+                            delivered_tokens: responses::relay::delivered_in(&response),
+                        }
+                    }
+                    _ => {
+                        let mut done = rewrite_completion(&bytes, &model.id, charge.pricing())
+                            .map_err(fail)?;
+                        if let Some(job) = &job {
+                            done.body =
+                                responses::relay::translated_complete(&done.body, job, &model.id)
+                                    .map_err(fail)?
+                                    .0;
+                        }
+                        done
+                    }
+                };
                 charge.set_usage(done.usage);
                 charge.set_delivered(done.delivered_tokens);
                 ctx.record.update(|r| {
                     r.usage = done.usage;
                     r.outcome = Outcome::Completed;
                 });
-                Ok(Reply::Complete(done.body))
+                return Ok(Reply::Complete(done.body));
             }
-            ChatReply::Stream(mut events) => {
-                let mut relay = ChunkRelay::new(provider.name(), &model.id, client_wants_usage)
-                    .priced(charge.pricing());
-                // Hold the 200, and every frame, until the upstream has sent
-                // real content: a failure before that is still an honest
-                // HTTP status, or a move to the next endpoint (UF-09).
-                let first_byte_deadline = started + timeouts.first_byte;
-                let mut held = BytesMut::new();
-                let finished = loop {
-                    let next = tokio::time::timeout_at(first_byte_deadline, events.next())
-                        .await
-                        .map_err(|_| {
-                            ProviderError::Timeout(format!(
-                                "no content within {:?}",
-                                timeouts.first_byte
-                            ))
-                        });
-                    let step = match next {
-                        Err(e) | Ok(Some(Err(e))) => return Err(fail(e)),
-                        Ok(Some(Ok(data))) => relay.on_event(&data),
-                        Ok(None) => relay.on_eof(),
-                    };
-                    match step {
-                        Step::Send(frame) => {
-                            held.extend_from_slice(&frame);
-                            if relay.has_content() {
-                                break false;
-                            }
-                        }
-                        Step::Skip => {}
-                        Step::Fail(e) => return Err(Failure::stream(e).rehearsed(rehearsal)),
-                        Step::Done => break true,
-                    }
-                };
-                let limits = StreamLimits {
-                    keepalive: self.keepalive,
-                    idle: timeouts.idle,
-                    max_duration: self.max_stream_duration,
-                };
-                crate::metrics::first_token(&model.id, started.elapsed());
-                let ctx = ctx.clone();
-                let held = held.freeze();
-                Ok(Reply::Stream(Box::new(move |charge| {
-                    if finished {
-                        relay::finished(relay, held, ctx, charge)
-                    } else {
-                        relay::relay(relay, held, events, limits, ctx, charge)
-                    }
-                })))
+            ChatReply::Stream(events) => events,
+        };
+        let open = Opening {
+            events,
+            started,
+            first_byte: timeouts.first_byte,
+            idle: timeouts.idle,
+            rehearsal,
+            model: &model.id,
+            ctx,
+        };
+        let chat = || {
+            ChunkRelay::new(provider.name(), &model.id, client_wants_usage).priced(charge.pricing())
+        };
+        match job {
+            Some(job) if native => {
+                self.open_stream(
+                    responses::relay::NativeRelay::new(provider.name(), &model.id, job),
+                    open,
+                )
+                .await
             }
+            Some(job) => {
+                self.open_stream(
+                    responses::relay::TranslatedRelay::new(chat(), job, &model.id),
+                    open,
+                )
+                .await
+            }
+            None => self.open_stream(chat(), open).await,
         }
     }
+
+    /// Reads a stream until its first content, holding the 200 and every
+    /// frame until then: a failure before that is still an honest HTTP
+    /// status, or a move to the next endpoint (UF-09). Then hands the rest
+    /// to `relay`.
+    async fn open_stream<R: EventRelay>(
+        &self,
+        mut relay: R,
+        open: Opening<'_>,
+    ) -> Result<Reply, Failure> {
+        let Opening {
+            mut events,
+            started,
+            first_byte,
+            idle,
+            rehearsal,
+            model,
+            ctx,
+        } = open;
+        let first_byte_deadline = started + first_byte;
+        let mut held = BytesMut::new();
+        let finished = loop {
+            let next = tokio::time::timeout_at(first_byte_deadline, events.next())
+                .await
+                .map_err(|_| ProviderError::Timeout(format!("no content within {first_byte:?}")));
+            let step = match next {
+                Err(e) | Ok(Some(Err(e))) => {
+                    return Err(Failure::of(relay.provider(), e).rehearsed(rehearsal))
+                }
+                Ok(Some(Ok(data))) => relay.on_event(&data),
+                Ok(None) => relay.on_eof(),
+            };
+            match step {
+                Step::Send(frame) => {
+                    held.extend_from_slice(&frame);
+                    if relay.has_content() {
+                        break false;
+                    }
+                }
+                Step::Skip => {}
+                Step::Fail(e) => return Err(Failure::stream(e).rehearsed(rehearsal)),
+                Step::Done => break true,
+            }
+        };
+        let limits = StreamLimits {
+            keepalive: self.keepalive,
+            idle,
+            max_duration: self.max_stream_duration,
+        };
+        crate::metrics::first_token(model, started.elapsed());
+        let ctx = ctx.clone();
+        let held = held.freeze();
+        Ok(Reply::Stream(Box::new(move |charge| {
+            if finished {
+                relay::finished(relay, held, ctx, charge)
+            } else {
+                relay::relay(relay, held, events, limits, ctx, charge)
+            }
+        })))
+    }
+}
+
+/// A stream that has just opened, for `open_stream`.
+struct Opening<'a> {
+    events: EventStream,
+    started: Instant,
+    first_byte: Duration,
+    idle: Duration,
+    rehearsal: bool,
+    model: &'a str,
+    ctx: &'a RequestContext,
 }
 
 /// How a failed attempt may be followed up.

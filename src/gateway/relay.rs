@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio::time::{sleep_until, Instant};
 
@@ -182,34 +183,27 @@ impl ChunkRelay {
         self
     }
 
-    pub fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
     /// Whether the client has been given real content (text, a tool
     /// call) or the answer's end: from then on the answer is committed.
     pub fn has_content(&self) -> bool {
         self.delivered.pieces > 0 || self.finished
     }
 
-    /// Completion tokens delivered so far, estimated from the text.
-    pub fn delivered_tokens(&self) -> u64 {
-        self.delivered.tokens()
-    }
-
-    pub fn on_event(&mut self, data: &str) -> Step {
+    /// Reads one upstream event: the chunk with the public model id (its
+    /// tool calls renumbered, usage recorded), or how the stream ended.
+    pub fn read(&mut self, data: &str) -> Read {
         if data.trim() == "[DONE]" {
-            return Step::Done;
+            return Read::Done;
         }
         // A provider's own keep-alive (Anthropic's `ping`), passed on as
         // ours.
         if data.is_empty() {
-            return Step::Send(Bytes::from_static(KEEPALIVE_FRAME));
+            return Read::Keepalive;
         }
         let mut chunk = match serde_json::from_str::<Value>(data) {
             Ok(Value::Object(chunk)) => chunk,
             _ => {
-                return Step::Fail(upstream_error(
+                return Read::Fail(upstream_error(
                     &self.provider,
                     ProviderError::Decode("a stream event is not a JSON object".into()),
                 ))
@@ -221,7 +215,7 @@ impl ChunkRelay {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| error.to_string());
-            return Step::Fail(upstream_error(
+            return Read::Fail(upstream_error(
                 &self.provider,
                 ProviderError::StreamError(message),
             ));
@@ -237,20 +231,24 @@ impl ChunkRelay {
         if let Some(usage) = Usage::from_json(chunk.get("usage")) {
             self.usage = Some(usage);
         }
-        let mut has_choices = false;
         if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
-            has_choices = !choices.is_empty();
             for choice in choices.iter_mut() {
                 self.inspect_choice(choice);
             }
         }
+        chunk.insert("model".into(), Value::String(self.public_model.to_string()));
+        Read::Chunk(chunk)
+    }
+
+    fn frame_chunk(&self, mut chunk: Map<String, Value>) -> Step {
         if !self.client_wants_usage {
+            let has_choices =
+                matches!(chunk.get("choices"), Some(Value::Array(c)) if !c.is_empty());
             if !has_choices && chunk.contains_key("usage") {
                 return Step::Skip;
             }
             chunk.remove("usage");
         }
-        chunk.insert("model".into(), Value::String(self.public_model.to_string()));
         match (chunk.remove("usage"), self.usage) {
             (Some(usage @ Value::Object(_)), Some(counted)) => {
                 let cost = usd_string(self.pricing.cost(&counted));
@@ -288,7 +286,7 @@ impl ChunkRelay {
     }
 
     /// The upstream closed its stream: fine only if the answer had finished.
-    pub fn on_eof(&self) -> Step {
+    pub fn eof(&self) -> Step {
         if self.finished {
             Step::Done
         } else {
@@ -318,6 +316,85 @@ impl ChunkRelay {
     }
 }
 
+/// What one upstream event became, before it is framed.
+#[derive(Debug)]
+pub enum Read {
+    /// A chunk for the client (already carrying the public model id).
+    Chunk(Map<String, Value>),
+    /// The upstream's keep-alive.
+    Keepalive,
+    /// `[DONE]`.
+    Done,
+    Fail(GatewayError),
+}
+
+/// Turns one API's upstream events into the client's frames: Chat
+/// Completions chunks (`ChunkRelay`), or Responses events, translated or
+/// native (`responses::relay`). `relay` and the gateway's hold-until-content
+/// loop drive any of them.
+pub trait EventRelay: Send + 'static {
+    fn provider(&self) -> &str;
+    fn on_event(&mut self, data: &str) -> Step;
+    /// The upstream closed its stream.
+    fn on_eof(&mut self) -> Step;
+    /// Whether real content (or the answer's end) has been seen: from then
+    /// on the answer is committed.
+    fn has_content(&self) -> bool;
+    fn usage(&self) -> Option<Usage>;
+    /// Completion tokens delivered so far, estimated from the text.
+    fn delivered_tokens(&self) -> u64;
+    /// The last frames of the stream: after success (`failure` is None),
+    /// or the error event of a failure.
+    fn end<'a>(
+        &'a mut self,
+        failure: Option<&'a GatewayError>,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Bytes>;
+}
+
+impl EventRelay for ChunkRelay {
+    fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    fn on_event(&mut self, data: &str) -> Step {
+        match self.read(data) {
+            Read::Chunk(chunk) => self.frame_chunk(chunk),
+            Read::Keepalive => Step::Send(Bytes::from_static(KEEPALIVE_FRAME)),
+            Read::Done => Step::Done,
+            Read::Fail(e) => Step::Fail(e),
+        }
+    }
+
+    fn on_eof(&mut self) -> Step {
+        self.eof()
+    }
+
+    fn has_content(&self) -> bool {
+        ChunkRelay::has_content(self)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn delivered_tokens(&self) -> u64 {
+        self.delivered.tokens()
+    }
+
+    fn end<'a>(
+        &'a mut self,
+        failure: Option<&'a GatewayError>,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Bytes> {
+        let frame = match failure {
+            None => Bytes::from_static(DONE_FRAME),
+            Some(error) => self.error_frame(error, request_id),
+        };
+        futures::future::ready(frame).boxed()
+    }
+}
+
 /// A chunk frame whose `usage` (last) carries `cost`, written as an exact
 /// decimal rather than through a float.
 fn frame_with_usage(chunk: Map<String, Value>, usage: &Value, cost: &str) -> Bytes {
@@ -337,7 +414,7 @@ fn frame_with_usage(chunk: Map<String, Value>, usage: &Value, cost: &str) -> Byt
     out.into()
 }
 
-fn frame(value: &Value) -> Bytes {
+pub fn frame(value: &Value) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
     serde_json::to_writer(&mut out, value).expect("a JSON value always serializes");
@@ -351,8 +428,8 @@ fn frame(value: &Value) -> Bytes {
 /// charge is settled before that last frame goes out. If the client leaves
 /// first, dropping the stream drops the charge, which settles from what
 /// had been delivered.
-pub fn relay(
-    mut relay: ChunkRelay,
+pub fn relay<R: EventRelay>(
+    mut relay: R,
     first_frames: Bytes,
     mut events: EventStream,
     limits: StreamLimits,
@@ -375,7 +452,7 @@ pub fn relay(
                     last_event = Instant::now();
                     let step = match event {
                         Some(Ok(data)) => relay.on_event(&data),
-                        Some(Err(e)) => Step::Fail(upstream_error(&relay.provider, e)),
+                        Some(Err(e)) => Step::Fail(upstream_error(relay.provider(), e)),
                         None => relay.on_eof(),
                     };
                     match step {
@@ -399,7 +476,7 @@ pub fn relay(
                     }
                     if now >= idle_at {
                         break Step::Fail(upstream_error(
-                            &relay.provider,
+                            relay.provider(),
                             ProviderError::Timeout(format!("no stream event for {:?}", limits.idle)),
                         ));
                     }
@@ -418,12 +495,12 @@ pub fn relay(
                 ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Failed(error.code); });
                 tracing::warn!(request_id = %ctx.request_id, code = error.code, detail = ?error.detail, "stream failed: {}", error.message);
                 charge.finish(200, error.code, None).await;
-                yield relay.error_frame(&error, &ctx.request_id);
+                yield relay.end(Some(&error), &ctx.request_id).await;
             }
             _ => {
                 ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });
                 charge.finish(200, "ok", None).await;
-                yield Bytes::from_static(DONE_FRAME);
+                yield relay.end(None, &ctx.request_id).await;
             }
         }
     }
@@ -431,9 +508,9 @@ pub fn relay(
 }
 
 /// A stream whose upstream finished (`[DONE]`) before any content: the
-/// frames it did send (if any), then `[DONE]`.
-pub fn finished(
-    relay: ChunkRelay,
+/// frames it did send (if any), then the relay's closing frames.
+pub fn finished<R: EventRelay>(
+    mut relay: R,
     frames: Bytes,
     ctx: RequestContext,
     mut charge: Charge,
@@ -446,7 +523,7 @@ pub fn finished(
         charge.set_usage(usage);
         ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });
         charge.finish(200, "ok", None).await;
-        yield Bytes::from_static(DONE_FRAME);
+        yield relay.end(None, &ctx.request_id).await;
     }
     .boxed()
 }

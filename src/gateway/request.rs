@@ -30,21 +30,39 @@ pub struct ChatRequest {
     pub fallbacks: Vec<String>,
     /// `provider`: which providers may serve it, in which order.
     pub prefs: ProviderPrefs,
+    /// Where the first image of the request is (`messages[0].content[1]`),
+    /// if it has one.
+    pub image_at: Option<String>,
+    /// A Responses API request: `body` is in the Responses shape, and this
+    /// says how to serve it (`responses::Job`).
+    pub responses: Option<std::sync::Arc<super::responses::Job>>,
+}
+
+/// A request body as a JSON object, minus `REFUSED_FIELDS`.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(json_error)?;
+    let Value::Object(mut body) = value else {
+        return Err(GatewayError::bad_request(
+            "invalid_type",
+            "The request body must be a JSON object such as {\"model\": \"mock/echo\", \"messages\": [...]}.",
+            None,
+        ));
+    };
+    for field in REFUSED_FIELDS {
+        body.remove(*field);
+    }
+    Ok(body)
 }
 
 impl ChatRequest {
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(json_error)?;
-        let Value::Object(mut body) = value else {
-            return Err(GatewayError::bad_request(
-                "invalid_type",
-                "The request body must be a JSON object such as {\"model\": \"mock/echo\", \"messages\": [...]}.",
-                None,
-            ));
-        };
-        for field in REFUSED_FIELDS {
-            body.remove(*field);
-        }
+        Self::from_map(parse_object(bytes)?, true)
+    }
+
+    /// The typed view of a body already parsed: Chat Completions
+    /// (`messages` checked), or a Responses request whose input the caller
+    /// has checked.
+    pub fn from_map(mut body: Map<String, Value>, chat: bool) -> Result<Self, GatewayError> {
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
             Some(Value::String(_)) | None => {
@@ -52,7 +70,9 @@ impl ChatRequest {
             }
             Some(_) => return Err(wrong_type("model", "a string such as \"openai/gpt-4.1-mini\"")),
         };
-        check_messages(body.get("messages"))?;
+        if chat {
+            check_messages(body.get("messages"))?;
+        }
         let stream = optional_bool(&body, "stream")?.unwrap_or(false);
         let client_wants_usage = match body.get("stream_options") {
             None | Some(Value::Null) => false,
@@ -81,6 +101,7 @@ impl ChatRequest {
         let fallbacks = fallbacks(body.remove("models"), &model)?;
         let prefs = provider_prefs(body.remove("provider"))?;
         Ok(Self {
+            image_at: first_image(&body),
             body,
             model,
             stream,
@@ -88,16 +109,17 @@ impl ChatRequest {
             max_tokens,
             fallbacks,
             prefs,
+            responses: None,
         })
     }
 
     /// The body for one upstream attempt: the endpoint's model name, and
-    /// for streams a request for the usage chunk (the gateway always needs
-    /// the usage).
-    pub fn upstream_body(&mut self, upstream_model: &str) -> Bytes {
+    /// with `usage_chunk` (Chat Completions streams) a request for the
+    /// usage chunk (the gateway always needs the usage).
+    pub fn upstream_body(&mut self, upstream_model: &str, usage_chunk: bool) -> Bytes {
         self.body
             .insert("model".into(), Value::String(upstream_model.to_string()));
-        if self.stream {
+        if usage_chunk {
             let options = self
                 .body
                 .entry("stream_options")
@@ -111,6 +133,28 @@ impl ChatRequest {
             .expect("a JSON map always serializes")
             .into()
     }
+}
+
+/// The path of the first image part: `image_url` in Chat Completions
+/// `messages`, `input_image` in Responses `input`.
+fn first_image(body: &Map<String, Value>) -> Option<String> {
+    for (list, kind) in [("messages", "image_url"), ("input", "input_image")] {
+        let Some(Value::Array(items)) = body.get(list) else {
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let Some(Value::Array(parts)) = item.get("content") else {
+                continue;
+            };
+            if let Some(j) = parts
+                .iter()
+                .position(|p| p.get("type").and_then(Value::as_str) == Some(kind))
+            {
+                return Some(format!("{list}[{i}].content[{j}]"));
+            }
+        }
+    }
+    None
 }
 
 fn strings(value: &Value, field: &str) -> Result<Vec<String>, GatewayError> {
@@ -201,7 +245,7 @@ fn missing(field: &str, what_to_do: &str) -> GatewayError {
     )
 }
 
-fn wrong_type(field: &str, expected: &str) -> GatewayError {
+pub fn wrong_type(field: &str, expected: &str) -> GatewayError {
     GatewayError::bad_request(
         "invalid_type",
         format!("`{field}` must be {expected}."),
@@ -209,7 +253,7 @@ fn wrong_type(field: &str, expected: &str) -> GatewayError {
     )
 }
 
-fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, GatewayError> {
+pub fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, GatewayError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -217,7 +261,7 @@ fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>,
     }
 }
 
-fn optional_count(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, GatewayError> {
+pub fn optional_count(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, GatewayError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -333,7 +377,7 @@ mod tests {
         assert_eq!(req.fallbacks, ["q/m"]);
         assert_eq!(req.prefs.order, ["q"]);
         assert!(req.prefs.allow_fallbacks);
-        let up: Value = serde_json::from_slice(&req.upstream_body("m-up")).unwrap();
+        let up: Value = serde_json::from_slice(&req.upstream_body("m-up", true)).unwrap();
         assert!(up.get("models").is_none() && up.get("provider").is_none());
         assert_eq!(up["model"], "m-up");
         assert_eq!(up["seed"], 7);

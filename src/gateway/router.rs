@@ -352,6 +352,7 @@ mod tests {
             completion_price: 0,
             context_length: None,
             max_output_tokens: None,
+            takes_images: true,
         })
     }
 

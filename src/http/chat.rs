@@ -29,14 +29,21 @@ pub async fn create(
         key,
         idempotency_key: idempotency_key(&headers)?,
     };
-    Ok(match state.gateway.chat(&body, &ctx, &caller).await? {
+    Ok(outcome_response(
+        state.gateway.chat(&body, &ctx, &caller).await?,
+    ))
+}
+
+/// A JSON body, or an SSE stream.
+pub fn outcome_response(outcome: ChatOutcome) -> Response {
+    match outcome {
         ChatOutcome::Complete(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
         ChatOutcome::Stream(frames) => sse::response(frames),
-    })
+    }
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

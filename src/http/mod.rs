@@ -8,5 +8,6 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod models;
+pub mod responses;
 pub mod sse;
 pub mod views;

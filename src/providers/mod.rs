@@ -31,6 +31,16 @@ pub struct ChatCall {
     /// provider requires one (Anthropic): the model's configured cap.
     pub default_max_tokens: u64,
     pub stream: bool,
+    /// Which API the body speaks.
+    pub api: Api,
+}
+
+/// The API of a call: Chat Completions (every provider), or the Responses
+/// API (providers with `native_responses()` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    ChatCompletions,
+    Responses,
 }
 
 /// The `data` of one upstream server-sent event.
@@ -54,6 +64,11 @@ pub trait Provider: Send + Sync {
     /// (the mock's fault models): those are never retried and never count
     /// against an endpoint's health.
     fn rehearses_faults(&self) -> bool {
+        false
+    }
+    /// Whether the provider serves the Responses API itself: calls with
+    /// `Api::Responses` go only to providers that say so.
+    fn native_responses(&self) -> bool {
         false
     }
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError>;

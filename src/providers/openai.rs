@@ -1,16 +1,19 @@
 //! Any OpenAI-compatible Chat Completions server (OpenAI, vLLM, Ollama,
-//! Groq, Together, ...). The body goes out as the domain built it, with the
+//! Groq, Together, ...), and the Responses API of those that have it
+//! (`native_responses`). The body goes out as the domain built it, with the
 //! gateway's own key (`transport.rs`); no client header is ever copied.
 
 use async_trait::async_trait;
 
 use super::transport::{self, KeyHeader, Transport};
-use super::{ChatCall, ChatReply, Provider, ProviderError};
+use super::{Api, ChatCall, ChatReply, Provider, ProviderError};
 use crate::config::{ProviderConfig, Timeouts};
 
 pub struct OpenAiProvider {
     name: String,
     transport: Transport,
+    /// `{base_url}/responses`, when the server has the Responses API.
+    responses_url: Option<reqwest::Url>,
     timeouts: Timeouts,
 }
 
@@ -20,9 +23,15 @@ impl OpenAiProvider {
         config: &ProviderConfig,
         key: Option<(&str, Option<String>)>,
     ) -> Result<Self, ProviderError> {
+        let transport = Transport::new(config, "/chat/completions", KeyHeader::Bearer, key, &[])?;
+        let responses_url = match config.native_responses {
+            true => Some(Transport::url_at(config, "/responses")?),
+            false => None,
+        };
         Ok(Self {
             name: config.name.clone(),
-            transport: Transport::new(config, "/chat/completions", KeyHeader::Bearer, key, &[])?,
+            transport,
+            responses_url,
             timeouts: config.timeouts,
         })
     }
@@ -38,8 +47,22 @@ impl Provider for OpenAiProvider {
         self.timeouts
     }
 
+    fn native_responses(&self) -> bool {
+        self.responses_url.is_some()
+    }
+
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
-        let (response, redactor) = self.transport.post(call.body, call.stream).await?;
+        let url = match (call.api, &self.responses_url) {
+            (Api::ChatCompletions, _) => None,
+            (Api::Responses, Some(url)) => Some(url),
+            (Api::Responses, None) => {
+                return Err(ProviderError::NotConfigured(format!(
+                    "provider {:?} does not serve the Responses API",
+                    self.name
+                )))
+            }
+        };
+        let (response, redactor) = self.transport.post_to(url, call.body, call.stream).await?;
         if call.stream {
             return Ok(ChatReply::Stream(transport::events(response, redactor)));
         }

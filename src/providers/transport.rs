@@ -98,13 +98,18 @@ impl Transport {
             .build()
             .map_err(|e| ProviderError::NotConfigured(format!("HTTP client: {e}")))?;
         Ok(Self {
-            url: reqwest::Url::parse(&format!("{}{path}", config.base_url))
-                .map_err(|e| ProviderError::NotConfigured(format!("base_url: {e}")))?,
+            url: Self::url_at(config, path)?,
             auth,
             headers,
             client,
             timeouts: config.timeouts,
         })
+    }
+
+    /// An endpoint of the provider's server: `path` after its base_url.
+    pub fn url_at(config: &ProviderConfig, path: &str) -> Result<reqwest::Url, ProviderError> {
+        reqwest::Url::parse(&format!("{}{path}", config.base_url))
+            .map_err(|e| ProviderError::NotConfigured(format!("base_url: {e}")))
     }
 
     /// POSTs `body`. A success comes back with the redactor for what the
@@ -114,13 +119,24 @@ impl Transport {
         body: Bytes,
         stream: bool,
     ) -> Result<(reqwest::Response, Redactor), ProviderError> {
+        self.post_to(None, body, stream).await
+    }
+
+    /// `post` to `url` (one made by `url_at`) instead of the provider's
+    /// main endpoint.
+    pub async fn post_to(
+        &self,
+        url: Option<&reqwest::Url>,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<(reqwest::Response, Redactor), ProviderError> {
         let auth = self
             .auth
             .as_ref()
             .map_err(|m| ProviderError::NotConfigured(m.clone()))?;
         let mut request = self
             .client
-            .post(self.url.clone())
+            .post(url.unwrap_or(&self.url).clone())
             .headers(self.headers.clone())
             .body(body);
         let mut redactor = Redactor(None);

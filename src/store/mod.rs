@@ -1,5 +1,5 @@
 //! Persistent state behind one trait per concern: keys, the credit ledger,
-//! the usage log, idempotency records. The gateway's domain code sees only
+//! the usage log, idempotency records, stored responses. The gateway's domain code sees only
 //! these traits; `open` is the one place a backend is chosen.
 //!
 //! Times are Unix milliseconds; money is nano-USD (`i64`).
@@ -289,6 +289,39 @@ pub trait IdempotencyStore: Send + Sync {
     async fn abandon(&self, key_id: &str, idem_key: &str) -> StoreResult<()>;
 }
 
+/// A Responses API object kept for `GET /responses/{id}` and
+/// `previous_response_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResponse {
+    pub id: String,
+    /// Only this key may read, chain from or delete it.
+    pub key_id: String,
+    pub previous_response_id: Option<String>,
+    /// The request's input items (a JSON array), each with an id.
+    pub input: Value,
+    /// The Response object as the client got it.
+    pub response: Value,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait ResponseStore: Send + Sync {
+    /// Inserts or replaces the response with this id.
+    async fn put_response(&self, response: &StoredResponse) -> StoreResult<()>;
+    /// The response `id` of `key_id`, if it was created at or after
+    /// `not_before` (older ones are past retention).
+    async fn get_response(
+        &self,
+        key_id: &str,
+        id: &str,
+        not_before: i64,
+    ) -> StoreResult<Option<StoredResponse>>;
+    /// Deletes the response `id` of `key_id`; false if there was none.
+    async fn delete_response(&self, key_id: &str, id: &str) -> StoreResult<bool>;
+    /// Deletes every response created before `before`; how many.
+    async fn purge_responses(&self, before: i64) -> StoreResult<u64>;
+}
+
 /// The store, one handle per concern (all may be the same object).
 #[derive(Clone)]
 pub struct Store {
@@ -296,6 +329,7 @@ pub struct Store {
     pub credits: Arc<dyn CreditStore>,
     pub usage: Arc<dyn UsageStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    pub responses: Arc<dyn ResponseStore>,
     /// Closes connections (tests use it to make the store unavailable).
     closer: Arc<dyn Closeable>,
 }
@@ -316,13 +350,20 @@ impl Store {
 
     fn from_backend<B>(backend: Arc<B>) -> Self
     where
-        B: KeyStore + CreditStore + UsageStore + IdempotencyStore + Closeable + 'static,
+        B: KeyStore
+            + CreditStore
+            + UsageStore
+            + IdempotencyStore
+            + ResponseStore
+            + Closeable
+            + 'static,
     {
         Self {
             keys: backend.clone(),
             credits: backend.clone(),
             usage: backend.clone(),
             idempotency: backend.clone(),
+            responses: backend.clone(),
             closer: backend,
         }
     }

@@ -25,7 +25,8 @@ use super::sqlite_batch::{Batcher, Done, Op};
 use super::{
     Claim, Closeable, CreditKind, CreditResult, CreditStore, CreditTotals, HoldRequest, HoldResult,
     IdempotencyClaim, IdempotencyStore, KeyLimits, KeyPatch, KeyRecord, KeyStore, LedgerRow,
-    NewKey, StoreError, StoreResult, Swept, UsageRecord, UsageStore, UsageSummary,
+    NewKey, ResponseStore, StoreError, StoreResult, StoredResponse, Swept, UsageRecord, UsageStore,
+    UsageSummary,
 };
 use crate::accounts::keys::KeyHash;
 use crate::config::NanoUsd;
@@ -675,5 +676,73 @@ impl IdempotencyStore for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ResponseStore for SqliteStore {
+    async fn put_response(&self, r: &StoredResponse) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO responses (id, key_id, previous_response_id, input, response, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(&r.key_id)
+        .bind(&r.previous_response_id)
+        .bind(r.input.to_string())
+        .bind(r.response.to_string())
+        .bind(r.created_at)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_response(
+        &self,
+        key_id: &str,
+        id: &str,
+        not_before: i64,
+    ) -> StoreResult<Option<StoredResponse>> {
+        let row = sqlx::query(
+            "SELECT id, key_id, previous_response_id, input, response, created_at FROM responses WHERE id = ? AND key_id = ? AND created_at >= ?",
+        )
+        .bind(id)
+        .bind(key_id)
+        .bind(not_before)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.map(|row| {
+            let json = |name: &str| {
+                serde_json::from_str(&row.get::<String, _>(name)).unwrap_or(Value::Null)
+            };
+            StoredResponse {
+                id: row.get("id"),
+                key_id: row.get("key_id"),
+                previous_response_id: row.get("previous_response_id"),
+                input: json("input"),
+                response: json("response"),
+                created_at: row.get("created_at"),
+            }
+        }))
+    }
+
+    async fn delete_response(&self, key_id: &str, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM responses WHERE id = ? AND key_id = ?")
+            .bind(id)
+            .bind(key_id)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn purge_responses(&self, before: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM responses WHERE created_at < ?")
+            .bind(before)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
     }
 }

@@ -20,6 +20,7 @@ mod models;
 mod passthrough;
 mod request_id;
 mod responses;
+mod responses_api;
 mod routing;
 mod server;
 mod shutdown;

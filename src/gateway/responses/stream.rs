@@ -18,6 +18,35 @@ pub struct Event {
     pub data: Value,
 }
 
+impl Event {
+    /// The SSE frame: `event: NAME` and `data: JSON`.
+    pub fn frame(&self, out: &mut Vec<u8>) {
+        sse_frame(
+            out,
+            self.name,
+            &serde_json::to_vec(&self.data).expect("JSON serializes"),
+        );
+    }
+}
+
+/// Writes one SSE frame with an event name.
+pub fn sse_frame(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The frames of some events, as one buffer.
+pub fn frames(events: &[Event]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(256 * events.len());
+    for e in events {
+        e.frame(&mut out);
+    }
+    out.into()
+}
+
 struct TextItem {
     output_index: usize,
     id: String,
@@ -52,6 +81,11 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
+    /// Whether `start` has run.
+    pub fn started(&self) -> bool {
+        self.seq > 0
+    }
+
     pub fn new(meta: &ResponseMeta<'_>) -> Self {
         Self {
             id: meta.id.to_string(),
@@ -75,11 +109,18 @@ impl ResponseStream {
         }
     }
 
-    fn event(&mut self, name: &'static str, mut data: Value) -> Event {
-        data["type"] = json!(name);
-        data["sequence_number"] = json!(self.seq);
+    fn event(&mut self, name: &'static str, data: Value) -> Event {
+        let mut out = Map::new();
+        out.insert("type".into(), json!(name));
+        out.insert("sequence_number".into(), json!(self.seq));
+        if let Value::Object(fields) = data {
+            out.extend(fields);
+        }
         self.seq += 1;
-        Event { name, data }
+        Event {
+            name,
+            data: Value::Object(out),
+        }
     }
 
     /// `response.created` and `response.in_progress`.
@@ -265,22 +306,49 @@ impl ResponseStream {
     }
 
     /// A failure after the stream began: an `error` event carrying the
-    /// error object and `reqId`, then `response.failed`.
-    pub fn fail(&mut self, error: &Value, request_id: &str) -> Vec<Event> {
-        let code = error.get("code").cloned().unwrap_or(Value::Null);
-        let message = error.get("message").cloned().unwrap_or(Value::Null);
+    /// error object and `reqId`, then `response.failed` with the output
+    /// completed so far (the open item is dropped).
+    pub fn fail(&mut self, error: &Value, request_id: &str) -> (Vec<Event>, Value) {
+        self.open = None;
         let mut response = skeleton(&self.meta(), "failed");
         response["output"] = Value::Array(self.output.clone());
-        response["error"] = json!({"code": "server_error", "message": message});
-        vec![
-            self.event(
-                "error",
-                json!({"code": code, "message": message, "param": error.get("param").cloned().unwrap_or(Value::Null),
-                    "error": error, "reqId": request_id}),
-            ),
-            self.event("response.failed", json!({"response": response})),
-        ]
+        let events = failure_events(&mut self.seq, response, error, request_id);
+        let response = events[1].data["response"].clone();
+        (events, response)
     }
+}
+
+/// The closing events of a failed stream, numbered from `*seq`: `error`
+/// (the error object with `reqId`), then `response.failed` carrying
+/// `response` with its `error` set.
+pub fn failure_events(
+    seq: &mut u64,
+    mut response: Value,
+    error: &Value,
+    request_id: &str,
+) -> Vec<Event> {
+    let code = error.get("code").cloned().unwrap_or(Value::Null);
+    let message = error.get("message").cloned().unwrap_or(Value::Null);
+    response["status"] = json!("failed");
+    let kind = match error.get("type").and_then(Value::as_str) {
+        Some("rate_limit_error") => "rate_limit_exceeded",
+        _ => "server_error",
+    };
+    response["error"] = json!({"code": kind, "message": message});
+    let param = error.get("param").cloned().unwrap_or(Value::Null);
+    let first = *seq;
+    *seq += 2;
+    vec![
+        Event {
+            name: "error",
+            data: json!({"type": "error", "code": code, "message": message, "param": param,
+                "sequence_number": first, "error": error, "reqId": request_id}),
+        },
+        Event {
+            name: "response.failed",
+            data: json!({"type": "response.failed", "sequence_number": first + 1, "response": response}),
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -383,13 +451,20 @@ mod tests {
         let mut events = s.start();
         events.extend(s.on_chunk(&chunk(json!({"content": "par"}), None)));
         let error = json!({"message": "cut", "type": "service_unavailable", "code": "provider_unreachable", "param": null});
-        events.extend(s.fail(&error, "req_9"));
+        let (failed, response) = s.fail(&error, "req_9");
+        events.extend(failed);
+        assert_eq!(response["status"], "failed");
+        assert_eq!(response["error"]["code"], "server_error");
         let last_two: Vec<&str> = events[events.len() - 2..].iter().map(|e| e.name).collect();
         assert_eq!(last_two, ["error", "response.failed"]);
         let e = &events[events.len() - 2].data;
         assert_eq!(e["code"], "provider_unreachable");
         assert_eq!(e["reqId"], "req_9");
         assert_eq!(e["error"]["message"], "cut");
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(e.data["sequence_number"], n as u64);
+            assert_eq!(e.data["type"], e.name);
+        }
         assert_eq!(events.last().unwrap().data["response"]["status"], "failed");
     }
 

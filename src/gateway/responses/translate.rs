@@ -226,6 +226,16 @@ fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), G
                     ))
                 }
             };
+            // An assistant turn goes back as plain text: some chat servers
+            // take no content parts from the assistant.
+            let content = match content {
+                Value::Array(parts)
+                    if role == "assistant" && parts.iter().all(|p| p["type"] == "text") =>
+                {
+                    Value::String(parts.iter().filter_map(|p| p["text"].as_str()).collect())
+                }
+                other => other,
+            };
             messages.push(json!({"role": role, "content": content}));
         }
         "function_call" => {
@@ -341,22 +351,21 @@ pub fn to_response(completion: &Value, meta: &ResponseMeta<'_>) -> Value {
             }
         };
         output.push(json!({
-            "id": format!("msg_{}", meta.id.trim_start_matches("resp_")),
+            "id": format!("msg_{}_0", meta.id.trim_start_matches("resp_")),
             "type": "message",
             "status": "completed",
             "role": "assistant",
             "content": [part],
         }));
     }
-    for (i, call) in message
+    for call in message
         .get("tool_calls")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .enumerate()
     {
         output.push(json!({
-            "id": format!("fc_{}_{i}", meta.id.trim_start_matches("resp_")),
+            "id": format!("fc_{}_{}", meta.id.trim_start_matches("resp_"), output.len()),
             "type": "function_call",
             "status": "completed",
             "call_id": call.get("id"),

@@ -219,6 +219,7 @@ pub struct GatewayConfig {
     provider: toml::Table,
     model: toml::Table,
     routing: toml::Table,
+    store: toml::Table,
 }
 
 impl GatewayConfig {
@@ -252,7 +253,14 @@ impl GatewayConfig {
             provider,
             model,
             routing,
+            store: toml::Table::new(),
         }
+    }
+
+    /// Sets a `[store]` key.
+    pub fn store(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.store.insert(key.into(), value.into());
+        self
     }
 
     /// Sets a key of the model table (`up/m`), e.g. its prices.
@@ -283,6 +291,9 @@ impl GatewayConfig {
         );
         root.insert("models".into(), toml::Value::Array(vec![model.into()]));
         root.insert("routing".into(), self.routing.clone().into());
+        if !self.store.is_empty() {
+            root.insert("store".into(), self.store.clone().into());
+        }
         toml::to_string(&root).expect("config renders")
     }
 }
