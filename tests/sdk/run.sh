@@ -30,9 +30,9 @@ fi
 log() { echo "sdk: $*" >&2; }
 
 # --- dependencies -----------------------------------------------------------
-if ! "$PYTHON" -c 'import openai, pytest' >/dev/null 2>&1; then
-  log "installing the openai and pytest Python packages"
-  "$PYTHON" -m pip install -q openai pytest </dev/null
+if ! "$PYTHON" -c 'import openai, pytest, jsonschema, yaml' >/dev/null 2>&1; then
+  log "installing the openai, pytest, jsonschema and pyyaml Python packages"
+  "$PYTHON" -m pip install -q openai pytest jsonschema pyyaml </dev/null
 fi
 log "installing the Node SDK (npm ci)"
 (cd "$SDK_DIR/node" && npm ci --no-audit --no-fund --loglevel=error </dev/null)

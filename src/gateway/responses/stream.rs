@@ -300,7 +300,9 @@ impl ResponseStream {
         if status == "completed" {
             response["completed_at"] = json!(self.created_at);
         }
-        response["usage"] = self.usage.clone().unwrap_or(Value::Null);
+        if let Some(usage) = &self.usage {
+            response["usage"] = usage.clone();
+        }
         out.push(self.event(name, json!({"response": response.clone()})));
         (out, response)
     }

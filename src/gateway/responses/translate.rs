@@ -384,8 +384,31 @@ pub fn to_response(completion: &Value, meta: &ResponseMeta<'_>) -> Value {
     if status == "completed" {
         response["completed_at"] = json!(meta.created_at);
     }
-    response["usage"] = usage(completion.get("usage").unwrap_or(&Value::Null));
+    if let Some(u) = completion.get("usage").filter(|u| u.is_object()) {
+        response["usage"] = usage(u);
+    }
     response
+}
+
+/// The request's tools as a Response echoes them: a function tool always
+/// states its `parameters` and `strict` (false unless asked: Chat
+/// Completions enforces no schema unless told to).
+fn echoed_tools(tools: Option<&Value>) -> Value {
+    let Some(Value::Array(tools)) = tools else {
+        return json!([]);
+    };
+    let echoed = tools.iter().map(|tool| {
+        let mut tool = tool.clone();
+        if let Some(t) = tool
+            .as_object_mut()
+            .filter(|t| t.get("type") == Some(&json!("function")))
+        {
+            t.entry("parameters").or_insert(Value::Null);
+            t.entry("strict").or_insert(json!(false));
+        }
+        tool
+    });
+    Value::Array(echoed.collect())
 }
 
 /// A Response object with the request's settings echoed and no output
@@ -412,10 +435,9 @@ pub fn skeleton(meta: &ResponseMeta<'_>, status: &str) -> Value {
         "temperature": r.get("temperature").cloned().unwrap_or(json!(1.0)),
         "text": {"format": r.get("text").and_then(|t| t.get("format")).cloned().unwrap_or(json!({"type": "text"}))},
         "tool_choice": r.get("tool_choice").cloned().unwrap_or(json!("auto")),
-        "tools": r.get("tools").cloned().unwrap_or(json!([])),
+        "tools": echoed_tools(r.get("tools")),
         "top_p": r.get("top_p").cloned().unwrap_or(json!(1.0)),
         "truncation": "disabled",
-        "usage": null,
         "metadata": r.get("metadata").cloned().unwrap_or(json!({})),
     })
 }
@@ -533,7 +555,11 @@ mod tests {
             json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
             "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 15})
         );
-        assert_eq!(r["tools"], request["tools"]);
+        assert_eq!(
+            r["tools"],
+            json!([{"type": "function", "name": "get", "parameters": null, "strict": false}]),
+            "a function tool states its parameters and strictness"
+        );
 
         let cut = json!({"choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "par"}}]});
         let r = to_response(&cut, &meta);

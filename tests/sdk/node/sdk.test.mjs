@@ -439,3 +439,37 @@ test("a key without credit gets one 402 and no retries", async () => {
   );
   assert.equal(attempts, 1);
 });
+
+test("responses.stream: deltas in order, then the final response", async () => {
+  const text = "one two three";
+  const stream = client.responses.stream({ model: ECHO, input: text });
+  const types = [];
+  const deltas = [];
+  for await (const event of stream) {
+    types.push(event.type);
+    if (event.type === "response.output_text.delta") deltas.push(event.delta);
+  }
+  const final = await stream.finalResponse();
+  assert.deepEqual(types.slice(0, 2), ["response.created", "response.in_progress"]);
+  assert.equal(types.at(-1), "response.completed");
+  assert.ok(deltas.length >= 2, "text arrives in pieces");
+  assert.equal(deltas.join(""), text);
+  assert.equal(final.output_text, text);
+  assert.equal(final.model, ECHO);
+  const stored = await client.responses.retrieve(final.id);
+  assert.equal(stored.output_text, text);
+});
+
+test("responses.stream: a mid-stream failure rejects with an APIError", async () => {
+  const stream = client.responses.stream({ model: CUT, input: "one two three four five six" });
+  const deltas = [];
+  await assert.rejects(
+    (async () => {
+      for await (const event of stream) {
+        if (event.type === "response.output_text.delta") deltas.push(event.delta);
+      }
+    })(),
+    (err) => err instanceof OpenAI.APIError && typeof err.message === "string" && err.message.length > 0,
+  );
+  assert.ok(deltas.length > 0, "content arrived before the failure");
+});
