@@ -145,6 +145,18 @@ pub async fn prepare(
         ));
     }
     optional_bool(&request, "stream")?;
+    if optional_bool(&request, "background")? == Some(true) {
+        return Err(bad(
+            "background",
+            "Background responses are not supported by this gateway. Send the request without background, streamed if it is long.",
+        ));
+    }
+    if request.get("conversation").is_some_and(|c| !c.is_null()) {
+        return Err(bad(
+            "conversation",
+            "The Conversations API is not supported by this gateway. Continue a conversation with previous_response_id.",
+        ));
+    }
     let keep = optional_bool(&request, "store")?.unwrap_or(true);
     let previous = match request.get("previous_response_id") {
         None | Some(Value::Null) => None,

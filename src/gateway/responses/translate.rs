@@ -66,6 +66,12 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Map<String, Value>, GatewayEr
     if let Some(model) = req.get("model") {
         out.insert("model".into(), model.clone());
     }
+    if req.get("prompt").is_some_and(|p| !p.is_null()) {
+        return Err(bad(
+            "prompt",
+            "Stored prompt templates exist only on OpenAI: this model cannot use `prompt`. Send the instructions and input instead.",
+        ));
+    }
     let mut messages = Vec::new();
     match req.get("instructions") {
         None | Some(Value::Null) => {}
@@ -513,6 +519,10 @@ mod tests {
             (
                 json!({"model": "m", "input": "x", "tools": [{"type": "file_search"}]}),
                 "tools[0]",
+            ),
+            (
+                json!({"model": "m", "input": "x", "prompt": {"id": "pmpt_1"}}),
+                "prompt",
             ),
         ] {
             let e = to_chat(req.as_object().unwrap()).unwrap_err();
