@@ -13,7 +13,7 @@ use crate::store::{CreditKind, KeyLimits, KeyPatch, KeyRecord};
 
 /// Runs one action. `Ok` is what to print on stdout; `Err` on stderr.
 pub async fn run(config: &Config, action: KeysAction) -> Result<String, String> {
-    let store = open_store(&config.store)
+    let store = open_store(&config.store, &|name| std::env::var(name).ok())
         .await
         .map_err(|e| format!("{}: {e}", config.store.path.display()))?;
     let accounts = Accounts::new(store, None);

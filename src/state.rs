@@ -39,9 +39,20 @@ pub struct AppState {
     store_config: StoreConfig,
 }
 
-/// Opens the configured store (creating and migrating it if needed).
-pub async fn open_store(config: &StoreConfig) -> Result<Store, StoreError> {
+/// The variable that overrides `store.url`.
+pub const DATABASE_URL_ENV: &str = "MUME_DATABASE_URL";
+
+/// Opens the configured store (creating and migrating it if needed);
+/// `MUME_DATABASE_URL`, looked up with `env`, overrides `store.url`.
+pub async fn open_store(
+    config: &StoreConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Store, StoreError> {
+    let url = env(DATABASE_URL_ENV)
+        .filter(|u| !u.is_empty())
+        .or_else(|| config.url.clone());
     Store::open(&StoreOptions {
+        url,
         path: config.path.clone(),
         busy_timeout: config.busy_timeout,
     })
@@ -56,7 +67,7 @@ impl AppState {
     ) -> Result<(Self, Vec<ProviderWarning>), BuildError> {
         crate::metrics::install();
         let (providers, warnings) = Registry::build(config, env)?;
-        let store = open_store(&config.store).await?;
+        let store = open_store(&config.store, env).await?;
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -52,6 +52,9 @@ pub struct RoutingConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// A Postgres URL: the shared store of several instances. `None`: the
+    /// embedded SQLite file. `MUME_DATABASE_URL` overrides it.
+    pub url: Option<String>,
     /// The SQLite database file, created on first start.
     pub path: std::path::PathBuf,
     pub busy_timeout: Duration,
@@ -440,7 +443,18 @@ fn validate_store(
             "set a file path such as \"mume-gateway.db\"",
         );
     }
+    let url = raw.url.clone().filter(|u| !u.is_empty());
+    if let Some(u) = &url {
+        if !u.starts_with("postgres://") && !u.starts_with("postgresql://") {
+            check.report(
+                "store.url",
+                "is not a Postgres URL",
+                "write it as postgres://USER@HOST:5432/DATABASE, or remove it to use the embedded SQLite file",
+            );
+        }
+    }
     let store = StoreConfig {
+        url,
         path: path.into(),
         busy_timeout: check.duration(
             "store.busy_timeout",

@@ -33,6 +33,7 @@ pub struct RawRouting {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawStore {
+    pub url: Option<String>,
     pub path: Option<String>,
     pub busy_timeout: Option<String>,
     pub hold_ttl: Option<String>,

@@ -4,6 +4,8 @@
 //!
 //! Times are Unix milliseconds; money is nano-USD (`i64`).
 
+mod postgres;
+mod sql;
 mod sqlite;
 mod sqlite_batch;
 
@@ -16,6 +18,7 @@ use serde_json::Value;
 use crate::accounts::keys::KeyHash;
 use crate::config::NanoUsd;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,6 +76,36 @@ pub struct KeyPatch {
     pub max_concurrent: Option<Option<u32>>,
     pub models: Option<Vec<String>>,
     pub metadata: Option<Value>,
+}
+
+impl KeyPatch {
+    /// Applies the changes to a key read from the store.
+    pub fn apply(&self, key: &mut KeyRecord) {
+        if let Some(name) = &self.name {
+            key.name = name.clone();
+        }
+        if let Some(disabled) = self.disabled {
+            key.disabled = disabled;
+        }
+        if let Some(expires_at) = self.expires_at {
+            key.expires_at = expires_at;
+        }
+        if let Some(rpm) = self.rpm {
+            key.limits.rpm = rpm;
+        }
+        if let Some(tpm) = self.tpm {
+            key.limits.tpm = tpm;
+        }
+        if let Some(max) = self.max_concurrent {
+            key.limits.max_concurrent = max;
+        }
+        if let Some(models) = &self.models {
+            key.models = models.clone();
+        }
+        if let Some(metadata) = &self.metadata {
+            key.metadata = metadata.clone();
+        }
+    }
 }
 
 /// A hold to place: `amount` moves from the key's balance to the hold.
@@ -334,16 +367,26 @@ pub struct Store {
     closer: Arc<dyn Closeable>,
 }
 
-/// Where the store lives and how long a writer waits for the lock.
+/// Where the store lives: a Postgres URL, else the SQLite file (and how
+/// long a writer waits for its lock).
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    pub url: Option<String>,
     pub path: std::path::PathBuf,
     pub busy_timeout: Duration,
 }
 
+/// Connections each instance keeps to Postgres at most.
+const PG_CONNECTIONS: u32 = 16;
+
 impl Store {
-    /// Opens (creating it if needed) and migrates the configured store.
+    /// Opens (creating it if needed) and migrates the configured store:
+    /// the one place a backend is chosen.
     pub async fn open(options: &StoreOptions) -> StoreResult<Self> {
+        if let Some(url) = &options.url {
+            let pg = Arc::new(PgStore::connect(url, PG_CONNECTIONS).await?);
+            return Ok(Self::from_backend(pg));
+        }
         let sqlite = Arc::new(SqliteStore::open(&options.path, options.busy_timeout).await?);
         Ok(Self::from_backend(sqlite))
     }

@@ -14,25 +14,25 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
 
+pub use super::sql::MAX_BALANCE;
+use super::sql::{
+    key_from_row, response_from_row, sql_count, unavailable, usage_from_row, KEY_COLUMNS,
+    RESPONSE_COLUMNS,
+};
 use super::sqlite_batch::{Batcher, Done, Op};
 use super::{
     Claim, Closeable, CreditKind, CreditResult, CreditStore, CreditTotals, HoldRequest, HoldResult,
-    IdempotencyClaim, IdempotencyStore, KeyLimits, KeyPatch, KeyRecord, KeyStore, LedgerRow,
-    NewKey, ResponseStore, StoreError, StoreResult, StoredResponse, Swept, UsageRecord, UsageStore,
+    IdempotencyClaim, IdempotencyStore, KeyPatch, KeyRecord, KeyStore, LedgerRow, NewKey,
+    ResponseStore, StoreError, StoreResult, StoredResponse, Swept, UsageRecord, UsageStore,
     UsageSummary,
 };
 use crate::accounts::keys::KeyHash;
 use crate::config::NanoUsd;
-
-/// The largest balance a key may hold: $1,000,000,000.
-pub const MAX_BALANCE: NanoUsd = 1_000_000_000 * 1_000_000_000;
 
 /// How long a request waits for a connection before the store counts as
 /// unavailable (CR-08 asks for a 503 within a second).
@@ -44,68 +44,6 @@ pub struct SqliteStore {
     /// Holds, sent marks and settlements: group-committed on their own
     /// connection.
     pub(super) batch: Batcher,
-}
-
-pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() || db.is_check_violation() => {
-            StoreError::Conflict(db.message().to_string())
-        }
-        _ => StoreError::Unavailable(e.to_string()),
-    }
-}
-
-const KEY_COLUMNS: &str = "id, name, display, created_at, disabled, expires_at, balance, rpm, tpm, max_concurrent, models, metadata";
-
-fn key_from_row(row: &SqliteRow) -> KeyRecord {
-    let limit = |name: &str| {
-        row.get::<Option<i64>, _>(name)
-            .and_then(|v| u32::try_from(v).ok())
-    };
-    let models: String = row.get("models");
-    let metadata: String = row.get("metadata");
-    KeyRecord {
-        id: row.get("id"),
-        name: row.get("name"),
-        display: row.get("display"),
-        created_at: row.get("created_at"),
-        disabled: row.get::<i64, _>("disabled") != 0,
-        expires_at: row.get("expires_at"),
-        balance: row.get("balance"),
-        limits: KeyLimits {
-            rpm: limit("rpm"),
-            tpm: limit("tpm"),
-            max_concurrent: limit("max_concurrent"),
-        },
-        models: serde_json::from_str(&models).unwrap_or_default(),
-        metadata: serde_json::from_str(&metadata).unwrap_or(Value::Object(Default::default())),
-    }
-}
-
-fn usage_from_row(row: &SqliteRow) -> UsageRecord {
-    let count = |name: &str| row.get::<i64, _>(name).max(0) as u64;
-    UsageRecord {
-        hold_id: row.get("hold_id"),
-        request_id: row.get("request_id"),
-        key_id: row.get("key_id"),
-        model: row.get("model"),
-        provider: row.get("provider"),
-        prompt_tokens: count("prompt_tokens"),
-        completion_tokens: count("completion_tokens"),
-        cached_tokens: count("cached_tokens"),
-        cost: row.get("cost"),
-        status: count("status") as u16,
-        outcome: row.get("outcome"),
-        latency_ms: count("latency_ms"),
-        streamed: row.get::<i64, _>("streamed") != 0,
-        cancelled: row.get::<i64, _>("cancelled") != 0,
-        created_at: row.get("created_at"),
-    }
-}
-
-/// Token counts are stored as SQLite integers (i64).
-pub(super) fn sql_count(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl SqliteStore {
@@ -309,30 +247,7 @@ impl KeyStore for SqliteStore {
             return Ok(None);
         };
         let mut key = key_from_row(&row);
-        if let Some(name) = &patch.name {
-            key.name = name.clone();
-        }
-        if let Some(disabled) = patch.disabled {
-            key.disabled = disabled;
-        }
-        if let Some(expires_at) = patch.expires_at {
-            key.expires_at = expires_at;
-        }
-        if let Some(rpm) = patch.rpm {
-            key.limits.rpm = rpm;
-        }
-        if let Some(tpm) = patch.tpm {
-            key.limits.tpm = tpm;
-        }
-        if let Some(max) = patch.max_concurrent {
-            key.limits.max_concurrent = max;
-        }
-        if let Some(models) = &patch.models {
-            key.models = models.clone();
-        }
-        if let Some(metadata) = &patch.metadata {
-            key.metadata = metadata.clone();
-        }
+        patch.apply(&mut key);
         sqlx::query(
             "UPDATE api_keys SET name = ?, disabled = ?, expires_at = ?, rpm = ?, tpm = ?, max_concurrent = ?, models = ?, metadata = ? WHERE id = ?",
         )
@@ -703,28 +618,17 @@ impl ResponseStore for SqliteStore {
         id: &str,
         not_before: i64,
     ) -> StoreResult<Option<StoredResponse>> {
-        let row = sqlx::query(
-            "SELECT id, key_id, previous_response_id, input, response, created_at FROM responses WHERE id = ? AND key_id = ? AND created_at >= ?",
-        )
-        .bind(id)
-        .bind(key_id)
-        .bind(not_before)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(unavailable)?;
-        Ok(row.map(|row| {
-            let json = |name: &str| {
-                serde_json::from_str(&row.get::<String, _>(name)).unwrap_or(Value::Null)
-            };
-            StoredResponse {
-                id: row.get("id"),
-                key_id: row.get("key_id"),
-                previous_response_id: row.get("previous_response_id"),
-                input: json("input"),
-                response: json("response"),
-                created_at: row.get("created_at"),
-            }
-        }))
+        let sql = format!(
+            "SELECT {RESPONSE_COLUMNS} FROM responses WHERE id = ? AND key_id = ? AND created_at >= ?"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(key_id)
+            .bind(not_before)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.as_ref().map(response_from_row))
     }
 
     async fn delete_response(&self, key_id: &str, id: &str) -> StoreResult<bool> {

@@ -35,7 +35,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::{sql_count, unavailable};
+use super::sql::{sql_count, unavailable};
 use super::{HoldRequest, HoldResult, StoreError, StoreResult, UsageRecord};
 use crate::config::NanoUsd;
 

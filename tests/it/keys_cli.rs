@@ -179,6 +179,7 @@ async fn first_start_prints_a_starter_key_once_and_kill_9_leaves_no_hold_behind(
     drop(reply);
 
     let store = Store::open(&StoreOptions {
+        url: None,
         path: dir.path().join("store.db"),
         busy_timeout: Duration::from_secs(2),
     })

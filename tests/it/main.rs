@@ -24,5 +24,6 @@ mod responses_api;
 mod routing;
 mod server;
 mod shutdown;
+mod store_contract;
 mod stream_failures;
 mod streaming;
