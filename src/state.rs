@@ -14,6 +14,7 @@ use crate::gateway::router::Router;
 use crate::gateway::{Gateway, GatewayParts};
 use crate::middleware::limits::HeaderLimits;
 use crate::providers::{ProviderError, ProviderWarning, Registry};
+use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{MemoryLimiter, RateLimiter};
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -26,6 +27,8 @@ pub enum BuildError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Limiter(String),
 }
 
 #[derive(Clone)]
@@ -41,6 +44,8 @@ pub struct AppState {
 
 /// The variable that overrides `store.url`.
 pub const DATABASE_URL_ENV: &str = "MUME_DATABASE_URL";
+/// The variable that overrides `rate_limit.url`.
+pub const REDIS_URL_ENV: &str = "MUME_REDIS_URL";
 
 /// Opens the configured store (creating and migrating it if needed);
 /// `MUME_DATABASE_URL`, looked up with `env`, overrides `store.url`.
@@ -73,7 +78,19 @@ impl AppState {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let server = &config.server;
-        let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryLimiter::default());
+        let limiter: Arc<dyn RateLimiter> = match env(REDIS_URL_ENV)
+            .filter(|u| !u.is_empty())
+            .or_else(|| config.rate_limit.url.clone())
+        {
+            Some(url) => RedisLimiter::start(
+                &url,
+                &config.rate_limit.key_prefix,
+                config.rate_limit.instances,
+            )
+            .await
+            .map_err(BuildError::Limiter)?,
+            None => Arc::new(MemoryLimiter::default()),
+        };
         let billing = Arc::new(Billing::new(
             store.clone(),
             limiter.clone(),

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 pub use money::{parse_signed_usd, parse_usd, per_token_usd_string, usd_string, NanoUsd};
 use raw::{
-    RawConfig, RawEndpoint, RawKeys, RawModel, RawProvider, RawRouting, RawServer, RawStore,
+    RawConfig, RawEndpoint, RawKeys, RawModel, RawProvider, RawRateLimit, RawRouting, RawServer,
+    RawStore,
 };
 
 /// The default configuration, compiled into the binary.
@@ -33,6 +34,20 @@ pub struct Config {
     pub store: StoreConfig,
     pub keys: KeysConfig,
     pub routing: RoutingConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Where rate limits live.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// A Redis URL: limits shared by every instance. `None`: in-process.
+    /// `MUME_REDIS_URL` overrides it.
+    pub url: Option<String>,
+    /// How many instances share the limits: while Redis is unreachable
+    /// each enforces limit ÷ instances on its own.
+    pub instances: u32,
+    /// Prefix of every Redis key the limiter writes.
+    pub key_prefix: String,
 }
 
 /// Health and retry rules shared by every endpoint.
@@ -373,6 +388,7 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
     let store = validate_store(&raw.store, &server, &providers, &mut check);
     let keys = validate_keys(&raw.keys, &mut check);
     let routing = validate_routing(&raw.routing, &mut check);
+    let rate_limit = validate_rate_limit(&raw.rate_limit, &mut check);
     Config {
         source: source_name.to_string(),
         server,
@@ -381,6 +397,25 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
         store,
         keys,
         routing,
+        rate_limit,
+    }
+}
+
+fn validate_rate_limit(raw: &RawRateLimit, check: &mut Checker<'_>) -> RateLimitConfig {
+    let url = raw.url.clone().filter(|u| !u.is_empty());
+    if let Some(u) = &url {
+        if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+            check.report(
+                "rate_limit.url",
+                "is not a Redis URL",
+                "write it as redis://HOST:6379, or remove it to keep limits in-process",
+            );
+        }
+    }
+    RateLimitConfig {
+        url,
+        instances: check.bounded("rate_limit.instances", raw.instances, 1, 1, 1000) as u32,
+        key_prefix: raw.key_prefix.clone().unwrap_or_else(|| "mume:rl:".into()),
     }
 }
 

@@ -20,6 +20,15 @@ pub struct RawConfig {
     pub keys: RawKeys,
     #[serde(default)]
     pub routing: RawRouting,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRateLimit {
+    pub url: Option<String>,
+    pub instances: Option<u64>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -255,6 +255,11 @@ impl Gateway {
         }
     }
 
+    /// Which rate limiter decides (shared, in-process, or fallback).
+    pub fn limiter_health(&self) -> crate::ratelimit::LimiterHealth {
+        self.limiter.health()
+    }
+
     /// Every endpoint of every model and its health, for the admin.
     pub fn endpoint_health(&self) -> Value {
         self.router.snapshot(self.catalog.models())

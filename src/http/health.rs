@@ -10,11 +10,21 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use crate::gateway::error::{ErrorKind, GatewayError};
+use crate::ratelimit::LimiterHealth;
 use crate::state::AppState;
 
-/// The process is up and serving.
-pub async fn live() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// The process is up and serving; `rate_limiter` says which limiter
+/// decides: `memory` (one instance), `redis` (shared), or `fallback`
+/// (Redis unreachable: in-process at each limit ÷ `instances`).
+pub async fn live(State(state): State<AppState>) -> Json<Value> {
+    let limiter = match state.gateway.limiter_health() {
+        LimiterHealth::Memory => json!("memory"),
+        LimiterHealth::Redis => json!("redis"),
+        LimiterHealth::Fallback { instances } => {
+            json!({"mode": "fallback", "reason": "Redis is unreachable", "instances": instances})
+        }
+    };
+    Json(json!({"status": "ok", "rate_limiter": limiter}))
 }
 
 /// Ready for traffic: false once shutdown has begun, so load balancers

@@ -14,6 +14,7 @@ mod idempotency;
 mod input;
 mod keys;
 mod keys_cli;
+mod limiter_contract;
 mod limits;
 mod mock;
 mod models;

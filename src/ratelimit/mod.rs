@@ -10,7 +10,12 @@
 //! paid off. `governor` cannot record such after-the-fact costs, hence this
 //! small implementation; the Redis backend runs the same arithmetic.
 //!
-//! `RateLimiter` is the trait a shared (Redis) backend will implement.
+//! `RateLimiter` is the trait; `MemoryLimiter` is the in-process backend
+//! (one instance), `redis::RedisLimiter` the shared one (several instances
+//! behave as one; it falls back to the in-process limiter while Redis is
+//! unreachable).
+
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -144,19 +149,49 @@ pub fn reset_string(d: Duration) -> String {
     }
 }
 
-/// Holds one of a key's concurrent-request slots until dropped.
-#[derive(Debug)]
-pub struct Permit(Option<Arc<AtomicU32>>);
+/// Holds one of a key's concurrent-request slots until dropped: an
+/// in-process counter, or a shared lease (whose own `Drop` gives it back).
+pub struct Permit {
+    slot: Option<Arc<AtomicU32>>,
+    _lease: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("slot", &self.slot.is_some())
+            .field("lease", &self._lease.is_some())
+            .finish()
+    }
+}
 
 impl Permit {
     pub fn none() -> Self {
-        Self(None)
+        Self {
+            slot: None,
+            _lease: None,
+        }
+    }
+
+    fn counted(slot: Arc<AtomicU32>) -> Self {
+        Self {
+            slot: Some(slot),
+            _lease: None,
+        }
+    }
+
+    /// A permit whose slot is given back when `lease` is dropped.
+    pub fn leased(lease: Box<dyn Send + Sync>) -> Self {
+        Self {
+            slot: None,
+            _lease: Some(lease),
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(count) = self.0.take() {
+        if let Some(count) = self.slot.take() {
             count.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -176,6 +211,23 @@ pub trait RateLimiter: Send + Sync {
 
     /// Charges the tokens a finished request used.
     async fn charge_tokens(&self, key_id: &str, limits: KeyLimits, tokens: u64);
+
+    /// Which limiter is deciding, for the health endpoint.
+    fn health(&self) -> LimiterHealth {
+        LimiterHealth::Memory
+    }
+}
+
+/// Which limiter decides, as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimiterHealth {
+    /// The in-process limiter of a single instance.
+    Memory,
+    /// The shared Redis limiter.
+    Redis,
+    /// Redis is unreachable: the in-process limiter at each limit divided
+    /// by the configured instance count.
+    Fallback { instances: u32 },
 }
 
 #[derive(Default)]
@@ -273,7 +325,7 @@ impl RateLimiter for MemoryLimiter {
                             status,
                         });
                     }
-                    Permit(Some(count))
+                    Permit::counted(count)
                 }
             };
             Ok((permit, status))
