@@ -5,7 +5,6 @@
 //! is killed and restarted (RL-03).
 
 use std::future::Future;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,8 @@ use futures::future::join_all;
 use mume_gateway::ratelimit::redis::RedisLimiter;
 use mume_gateway::ratelimit::{LimitKind, LimiterHealth, MemoryLimiter, RateLimiter};
 use mume_gateway::store::KeyLimits;
+
+use crate::support::redis::{free_port, OwnRedis};
 
 pub fn redis_url() -> String {
     std::env::var("MUME_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -138,38 +139,7 @@ async fn concurrency_slots_come_back_when_requests_end() {
     .await;
 }
 
-/// A redis-server of the test's own, on `port`.
-struct OwnRedis(Child);
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        Self(child)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
         assert!(
@@ -182,10 +152,7 @@ async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> boo
 
 #[tokio::test]
 async fn rl03_without_redis_limits_hold_per_instance_and_redis_is_used_again_once_back() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let mut redis = Some(OwnRedis::start(port));
     let limiter = RedisLimiter::start(&url, &prefix(), 4).await.unwrap();

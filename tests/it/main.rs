@@ -18,6 +18,7 @@ mod limiter_contract;
 mod limits;
 mod mock;
 mod models;
+mod multi_instance;
 mod passthrough;
 mod request_id;
 mod responses;

@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod postgres;
+pub mod redis;
 pub mod upstream;
 
 use std::time::Duration;
