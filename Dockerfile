@@ -2,9 +2,10 @@
 # Build stage: compile the release binary.
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY config ./config
+COPY migrations ./migrations
 RUN cargo build --release --locked --bin mume-gateway
 
 # Runtime stage: a slim image with the binary, its default config and curl

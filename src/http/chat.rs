@@ -1,6 +1,8 @@
 //! `POST /api/v1/chat/completions`: hands the body to the domain and turns
 //! its answer into a JSON or SSE response.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderMap;
@@ -15,6 +17,7 @@ use crate::gateway::record::RequestContext;
 use crate::gateway::{Caller, ChatOutcome};
 use crate::middleware::auth::AuthedKey;
 use crate::state::AppState;
+use crate::store::KeyRecord;
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -25,13 +28,18 @@ pub async fn create(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let caller = Caller {
-        key,
-        idempotency_key: idempotency_key(&headers)?,
-    };
+    let caller = caller(key, &headers)?;
     Ok(outcome_response(
         state.gateway.chat(&body, &ctx, &caller).await?,
     ))
+}
+
+/// The authenticated key and the request's `Idempotency-Key`.
+pub fn caller(key: Arc<KeyRecord>, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    Ok(Caller {
+        key,
+        idempotency_key: idempotency_key(headers)?,
+    })
 }
 
 /// A JSON body, or an SSE stream.
@@ -43,7 +51,7 @@ pub fn outcome_response(outcome: ChatOutcome) -> Response {
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

@@ -10,12 +10,11 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use serde_json::Value;
 
-use super::chat::{idempotency_key, outcome_response};
+use super::chat::{caller, outcome_response};
 use super::error::ApiError;
 use super::extract::BodyBytes;
 use crate::gateway::record::RequestContext;
 use crate::gateway::responses::input_items_page;
-use crate::gateway::Caller;
 use crate::middleware::auth::AuthedKey;
 use crate::state::AppState;
 
@@ -26,10 +25,7 @@ pub async fn create(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let caller = Caller {
-        key,
-        idempotency_key: idempotency_key(&headers)?,
-    };
+    let caller = caller(key, &headers)?;
     let outcome = state.gateway.responses(&body, &ctx, &caller).await?;
     Ok(outcome_response(outcome))
 }

@@ -17,8 +17,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::sql::{
-    key_from_row, response_from_row, sql_count, unavailable, usage_from_row, KEY_COLUMNS,
-    MAX_BALANCE, RESPONSE_COLUMNS,
+    credited, existing_claim, key_from_row, ledger_from_row, response_from_row, sql_count,
+    summary_from_row, totals_from_row, unavailable, usage_from_row, KEY_COLUMNS, LEDGER_COLUMNS,
+    RESPONSE_COLUMNS, TOTALS,
 };
 use super::{
     Claim, Closeable, CreditKind, CreditResult, CreditStore, CreditTotals, HoldRequest, HoldResult,
@@ -344,11 +345,9 @@ impl CreditStore for PgStore {
             Some(None) => return Ok(CreditResult::Unlimited),
             Some(Some(b)) => b,
         };
-        let Some(after) = balance
-            .checked_add(amount)
-            .filter(|a| (0..=MAX_BALANCE).contains(a))
-        else {
-            return Ok(CreditResult::OutOfRange { balance });
+        let after = match credited(balance, amount) {
+            Ok(after) => after,
+            Err(refused) => return Ok(refused),
         };
         sqlx::query("UPDATE api_keys SET balance = $1 WHERE id = $2")
             .bind(after)
@@ -378,50 +377,21 @@ impl CreditStore for PgStore {
     }
 
     async fn totals(&self) -> StoreResult<CreditTotals> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM api_keys) AS keys,
-                    (SELECT COUNT(*) - COUNT(balance) FROM api_keys) AS unlimited,
-                    (SELECT COALESCE(SUM(balance), 0)::BIGINT FROM api_keys) AS balance,
-                    (SELECT COUNT(*) FROM holds) AS holds,
-                    (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM holds) AS held,
-                    (SELECT COALESCE(SUM(amount) FILTER (WHERE kind IN ('topup', 'adjust')), 0)::BIGINT FROM ledger) AS credited,
-                    (SELECT COALESCE(SUM(cost), 0)::BIGINT FROM ledger) AS spent",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(CreditTotals {
-            keys: row.get::<i64, _>("keys").max(0) as u64,
-            unlimited_keys: row.get::<i64, _>("unlimited").max(0) as u64,
-            balance: row.get("balance"),
-            held: row.get("held"),
-            active_holds: row.get::<i64, _>("holds").max(0) as u64,
-            credited: row.get("credited"),
-            spent: row.get("spent"),
-        })
+        let row = sqlx::query(TOTALS)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(totals_from_row(&row))
     }
 
     async fn ledger(&self, key_id: &str) -> StoreResult<Vec<LedgerRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, key_id, kind, amount, cost, request_id, note, created_at FROM ledger WHERE key_id = $1 ORDER BY seq",
-        )
-        .bind(key_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|r| LedgerRow {
-                seq: r.get("seq"),
-                key_id: r.get("key_id"),
-                kind: r.get("kind"),
-                amount: r.get("amount"),
-                cost: r.get("cost"),
-                request_id: r.get("request_id"),
-                note: r.get("note"),
-                created_at: r.get("created_at"),
-            })
-            .collect())
+        let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = $1 ORDER BY seq");
+        let rows = sqlx::query(&sql)
+            .bind(key_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(ledger_from_row).collect())
     }
 }
 
@@ -460,13 +430,7 @@ impl UsageStore for PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(UsageSummary {
-            total: row.get("total"),
-            since_day: row.get("day"),
-            since_week: row.get("week"),
-            since_month: row.get("month"),
-            requests: row.get::<i64, _>("n").max(0) as u64,
-        })
+        Ok(summary_from_row(&row))
     }
 }
 
@@ -501,17 +465,14 @@ impl IdempotencyStore for PgStore {
             if row.get::<i64, _>("created_at") >= c.not_before {
                 tx.rollback().await.map_err(unavailable)?;
                 let hash: Vec<u8> = row.get("body_hash");
-                let request_id: String = row.get("request_id");
-                return Ok(if hash != c.body_hash {
-                    Claim::Mismatch
-                } else if row.get::<String, _>("state") == "running" {
-                    Claim::InFlight { request_id }
-                } else {
-                    Claim::Done {
-                        request_id,
-                        response: row.get("response"),
-                    }
-                });
+                let state: String = row.get("state");
+                return Ok(existing_claim(
+                    c,
+                    &hash,
+                    row.get("request_id"),
+                    &state,
+                    row.get("response"),
+                ));
             }
             // Past its window: the key is free again.
             sqlx::query(

@@ -5,7 +5,10 @@
 use serde_json::Value;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{KeyLimits, KeyRecord, StoreError, StoredResponse, UsageRecord};
+use super::{
+    Claim, CreditResult, CreditTotals, IdempotencyClaim, KeyLimits, KeyRecord, LedgerRow,
+    StoreError, StoredResponse, UsageRecord, UsageSummary,
+};
 use crate::config::NanoUsd;
 
 /// The largest balance a key may hold: $1,000,000,000.
@@ -120,6 +123,99 @@ where
         response: json("response"),
         created_at: row.int("created_at"),
     }
+}
+
+/// Money across all keys, in one portable statement (no parameters).
+pub(super) const TOTALS: &str = "SELECT (SELECT COUNT(*) FROM api_keys) AS keys,
+       (SELECT COUNT(*) - COUNT(balance) FROM api_keys) AS unlimited,
+       (SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM api_keys) AS balance,
+       (SELECT COUNT(*) FROM holds) AS holds,
+       (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM holds) AS held,
+       (SELECT CAST(COALESCE(SUM(CASE WHEN kind IN ('topup', 'adjust') THEN amount ELSE 0 END), 0) AS BIGINT) FROM ledger) AS credited,
+       (SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM ledger) AS spent";
+
+pub(super) const LEDGER_COLUMNS: &str =
+    "seq, key_id, kind, amount, cost, request_id, note, created_at";
+
+fn count<R: SqlRow>(row: &R, name: &str) -> u64
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    row.int(name).max(0) as u64
+}
+
+pub(super) fn totals_from_row<R: SqlRow>(row: &R) -> CreditTotals
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    CreditTotals {
+        keys: count(row, "keys"),
+        unlimited_keys: count(row, "unlimited"),
+        balance: row.int("balance"),
+        held: row.int("held"),
+        active_holds: count(row, "holds"),
+        credited: row.int("credited"),
+        spent: row.int("spent"),
+    }
+}
+
+pub(super) fn ledger_from_row<R: SqlRow>(row: &R) -> LedgerRow
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    LedgerRow {
+        seq: row.int("seq"),
+        key_id: row.text("key_id"),
+        kind: row.text("kind"),
+        amount: row.int("amount"),
+        cost: row.int("cost"),
+        request_id: row.opt_text("request_id"),
+        note: row.opt_text("note"),
+        created_at: row.int("created_at"),
+    }
+}
+
+/// A usage summary row: `n`, `total`, `day`, `week`, `month`.
+pub(super) fn summary_from_row<R: SqlRow>(row: &R) -> UsageSummary
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    UsageSummary {
+        total: row.int("total"),
+        since_day: row.int("day"),
+        since_week: row.int("week"),
+        since_month: row.int("month"),
+        requests: count(row, "n"),
+    }
+}
+
+/// What an existing idempotency record within its window means for a new
+/// claim: the record's body hash, request id, state and stored response.
+pub(super) fn existing_claim(
+    claim: &IdempotencyClaim,
+    body_hash: &[u8],
+    request_id: String,
+    state: &str,
+    response: Option<Vec<u8>>,
+) -> Claim {
+    if body_hash != claim.body_hash {
+        Claim::Mismatch
+    } else if state == "running" {
+        Claim::InFlight { request_id }
+    } else {
+        Claim::Done {
+            request_id,
+            response,
+        }
+    }
+}
+
+/// A balance after a top-up or adjustment of `amount`, or why not.
+pub(super) fn credited(balance: NanoUsd, amount: NanoUsd) -> Result<NanoUsd, CreditResult> {
+    balance
+        .checked_add(amount)
+        .filter(|a| (0..=MAX_BALANCE).contains(a))
+        .ok_or(CreditResult::OutOfRange { balance })
 }
 
 /// Token counts and limits are stored as signed 64-bit integers.

@@ -19,10 +19,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
 
-pub use super::sql::MAX_BALANCE;
 use super::sql::{
-    key_from_row, response_from_row, sql_count, unavailable, usage_from_row, KEY_COLUMNS,
-    RESPONSE_COLUMNS,
+    credited, existing_claim, key_from_row, ledger_from_row, response_from_row, sql_count,
+    summary_from_row, totals_from_row, unavailable, usage_from_row, KEY_COLUMNS, LEDGER_COLUMNS,
+    RESPONSE_COLUMNS, TOTALS,
 };
 use super::sqlite_batch::{Batcher, Done, Op};
 use super::{
@@ -335,11 +335,9 @@ impl CreditStore for SqliteStore {
             Some(None) => return Ok(CreditResult::Unlimited),
             Some(Some(b)) => b,
         };
-        let Some(after) = balance
-            .checked_add(amount)
-            .filter(|a| (0..=MAX_BALANCE).contains(a))
-        else {
-            return Ok(CreditResult::OutOfRange { balance });
+        let after = match credited(balance, amount) {
+            Ok(after) => after,
+            Err(refused) => return Ok(refused),
         };
         sqlx::query("UPDATE api_keys SET balance = ? WHERE id = ?")
             .bind(after)
@@ -419,56 +417,21 @@ impl CreditStore for SqliteStore {
     }
 
     async fn totals(&self) -> StoreResult<CreditTotals> {
-        let keys = sqlx::query(
-            "SELECT COUNT(*) AS n, COUNT(*) - COUNT(balance) AS unlimited, COALESCE(SUM(balance), 0) AS balance FROM api_keys",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(unavailable)?;
-        let holds =
-            sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0) AS held FROM holds")
-                .fetch_one(&self.reader)
-                .await
-                .map_err(unavailable)?;
-        let ledger = sqlx::query(
-            "SELECT COALESCE(SUM(CASE WHEN kind IN ('topup', 'adjust') THEN amount ELSE 0 END), 0) AS credited, \
-                    COALESCE(SUM(cost), 0) AS spent FROM ledger",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(unavailable)?;
-        Ok(CreditTotals {
-            keys: keys.get::<i64, _>("n").max(0) as u64,
-            unlimited_keys: keys.get::<i64, _>("unlimited").max(0) as u64,
-            balance: keys.get("balance"),
-            held: holds.get("held"),
-            active_holds: holds.get::<i64, _>("n").max(0) as u64,
-            credited: ledger.get("credited"),
-            spent: ledger.get("spent"),
-        })
+        let row = sqlx::query(TOTALS)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(totals_from_row(&row))
     }
 
     async fn ledger(&self, key_id: &str) -> StoreResult<Vec<LedgerRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, key_id, kind, amount, cost, request_id, note, created_at FROM ledger WHERE key_id = ? ORDER BY seq",
-        )
-        .bind(key_id)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|r| LedgerRow {
-                seq: r.get("seq"),
-                key_id: r.get("key_id"),
-                kind: r.get("kind"),
-                amount: r.get("amount"),
-                cost: r.get("cost"),
-                request_id: r.get("request_id"),
-                note: r.get("note"),
-                created_at: r.get("created_at"),
-            })
-            .collect())
+        let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = ? ORDER BY seq");
+        let rows = sqlx::query(&sql)
+            .bind(key_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(ledger_from_row).collect())
     }
 }
 
@@ -507,13 +470,7 @@ impl UsageStore for SqliteStore {
         .fetch_one(&self.reader)
         .await
         .map_err(unavailable)?;
-        Ok(UsageSummary {
-            total: row.get("total"),
-            since_day: row.get("day"),
-            since_week: row.get("week"),
-            since_month: row.get("month"),
-            requests: row.get::<i64, _>("n").max(0) as u64,
-        })
+        Ok(summary_from_row(&row))
     }
 }
 
@@ -532,17 +489,14 @@ impl IdempotencyStore for SqliteStore {
         if let Some(row) = existing.filter(|r| r.get::<i64, _>("created_at") >= c.not_before) {
             tx.rollback().await.map_err(unavailable)?;
             let hash: Vec<u8> = row.get("body_hash");
-            let request_id: String = row.get("request_id");
-            return Ok(if hash != c.body_hash {
-                Claim::Mismatch
-            } else if row.get::<String, _>("state") == "running" {
-                Claim::InFlight { request_id }
-            } else {
-                Claim::Done {
-                    request_id,
-                    response: row.get("response"),
-                }
-            });
+            let state: String = row.get("state");
+            return Ok(existing_claim(
+                c,
+                &hash,
+                row.get("request_id"),
+                &state,
+                row.get("response"),
+            ));
         }
         sqlx::query(
             "INSERT OR REPLACE INTO idempotency (key_id, idem_key, body_hash, request_id, state, response, created_at) VALUES (?, ?, ?, ?, 'running', NULL, ?)",
