@@ -16,7 +16,10 @@
 //! - `providers`: the `Provider` trait, the OpenAI-compatible adapter, the mock.
 //! - `accounts`: API keys (format, authentication, admin operations).
 //! - `billing`: credit holds and settlement; `ratelimit`: per-key limits.
-//! - `store`: persistence behind one trait per concern (SQLite by default).
+//! - `store`: persistence behind one trait per concern (SQLite by default,
+//!   Postgres for several instances).
+//! - `search`: web search backends and citations (issue 8 groundwork).
+//! - `dates`: calendar dates from Unix time.
 //! - `telemetry`: logging setup.
 
 pub mod accounts;
@@ -24,6 +27,7 @@ pub mod app;
 pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod dates;
 pub mod gateway;
 pub mod http;
 pub mod keys_cli;
@@ -31,6 +35,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod providers;
 pub mod ratelimit;
+pub mod search;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -12,11 +12,10 @@ use serde_json::value::RawValue;
 use super::error::ApiError;
 use super::views::{time, usd};
 use crate::accounts::{now_ms, store_unavailable};
+use crate::dates::{civil_from_days, DAY_MS};
 use crate::gateway::error::{ErrorKind, GatewayError};
 use crate::middleware::auth::AuthedKey;
 use crate::state::AppState;
-
-const DAY_MS: i64 = 86_400_000;
 
 /// Starts of the current UTC day, ISO week (Monday) and month, in ms.
 pub fn period_starts(now: i64) -> (i64, i64, i64) {
@@ -29,20 +28,6 @@ pub fn period_starts(now: i64) -> (i64, i64, i64) {
         (days - weekday) * DAY_MS,
         (days - (day_of_month - 1)) * DAY_MS,
     )
-}
-
-/// (year, month, day) of a count of days since 1970-01-01 (proleptic
-/// Gregorian; Howard Hinnant's civil-from-days algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 pub async fn key_info(

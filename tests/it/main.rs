@@ -24,6 +24,7 @@ mod request_id;
 mod responses;
 mod responses_api;
 mod routing;
+mod search;
 mod server;
 mod shutdown;
 mod store_contract;
