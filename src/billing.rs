@@ -85,6 +85,9 @@ pub struct ChargeSpec {
     pub streamed: bool,
     /// The request's `Idempotency-Key`, already claimed.
     pub idempotency_key: Option<String>,
+    /// Held on top of the tokens' worst case: what a request may spend
+    /// besides its one model call (further model rounds, web searches).
+    pub extra_hold: NanoUsd,
 }
 
 pub struct Billing {
@@ -113,7 +116,9 @@ impl Billing {
             completion: spec.completion,
             cap: None,
         };
-        let worst = pricing.raw_cost(spec.prompt_estimate, spec.max_output_tokens);
+        let worst = pricing
+            .raw_cost(spec.prompt_estimate, spec.max_output_tokens)
+            .saturating_add(spec.extra_hold.max(0));
         let hold_id = format!("hold_{}", ulid::Ulid::new());
         let limited = spec.key.balance.is_some();
         if limited {
@@ -160,6 +165,10 @@ impl Billing {
             started: Instant::now(),
             usage: None,
             delivered_tokens: 0,
+            banked: Usage::default(),
+            banked_cost: 0,
+            searches: 0,
+            search_cost: 0,
             sent: false,
             _permit: permit,
             settled: false,
@@ -200,6 +209,13 @@ pub struct Charge {
     started: Instant,
     usage: Option<Usage>,
     delivered_tokens: u64,
+    /// Earlier model calls of this request (`bank_round`): their tokens,
+    /// and their cost at the prices of the model that served them.
+    banked: Usage,
+    banked_cost: NanoUsd,
+    /// Web searches run for the request, and what they cost.
+    searches: u32,
+    search_cost: NanoUsd,
     sent: bool,
     /// The key's concurrency slot, given back when the charge goes.
     _permit: Permit,
@@ -243,6 +259,28 @@ impl Charge {
         self.delivered_tokens = tokens;
     }
 
+    /// One model call of a request that makes several (a web search loop)
+    /// has ended: its usage is billed with the request's, and the next
+    /// call's usage starts from zero.
+    pub fn bank_round(&mut self) {
+        if let Some(u) = self.billable() {
+            self.banked_cost = self
+                .banked_cost
+                .saturating_add(self.pricing.raw_cost(u.prompt_tokens, u.completion_tokens));
+            self.banked.prompt_tokens += u.prompt_tokens;
+            self.banked.completion_tokens += u.completion_tokens;
+            self.banked.cached_tokens += u.cached_tokens;
+        }
+        self.usage = None;
+        self.delivered_tokens = 0;
+    }
+
+    /// A web search ran for the request, at `price`.
+    pub fn add_search(&mut self, price: NanoUsd) {
+        self.searches += 1;
+        self.search_cost = self.search_cost.saturating_add(price.max(0));
+    }
+
     /// What is billed: the reported usage, else the estimate of what was
     /// delivered; nothing if nothing was delivered.
     fn billable(&self) -> Option<Usage> {
@@ -274,19 +312,32 @@ impl Charge {
         cancelled: bool,
         response: Option<&[u8]>,
     ) -> Settlement {
-        // A request that never produced an answer is never billed.
+        // A model call that never produced an answer is never billed;
+        // earlier calls and searches of the request were, and are.
         let usage = if status == 200 || self.delivered_tokens > 0 {
             self.billable()
         } else {
             None
         };
-        let cost = usage.map_or(0, |u| self.pricing.cost(&u));
-        if let (Some(u), Some(cap)) = (usage, self.pricing.cap) {
-            if self.pricing.raw_cost(u.prompt_tokens, u.completion_tokens) > cap {
+        let raw = usage
+            .map_or(0, |u| {
+                self.pricing.raw_cost(u.prompt_tokens, u.completion_tokens)
+            })
+            .saturating_add(self.banked_cost)
+            .saturating_add(self.search_cost);
+        let cost = match self.pricing.cap {
+            Some(cap) if raw > cap => {
                 tracing::warn!(request_id = %self.spec.request_id, "usage exceeded the hold; charged the hold");
+                cap
             }
-        }
-        let u = usage.unwrap_or_default();
+            _ => raw,
+        };
+        let current = usage.unwrap_or_default();
+        let u = Usage {
+            prompt_tokens: current.prompt_tokens + self.banked.prompt_tokens,
+            completion_tokens: current.completion_tokens + self.banked.completion_tokens,
+            cached_tokens: current.cached_tokens + self.banked.cached_tokens,
+        };
         let spec = &self.spec;
         let billed = status == 200 || cost > 0;
         Settlement {
@@ -307,6 +358,7 @@ impl Charge {
                 streamed: spec.streamed,
                 cancelled,
                 created_at: now_ms(),
+                searches: self.searches,
             },
             key: spec.key.clone(),
             tokens: u.prompt_tokens + u.completion_tokens,

@@ -239,6 +239,7 @@ impl Gateway {
             max_output_tokens: most(&|m| max_output_tokens(request.max_tokens, m)),
             streamed: request.stream,
             idempotency_key,
+            extra_hold: 0,
         };
         let mut charge = self.billing.open(spec, permit).await?;
         self.router.on_request();

@@ -140,6 +140,8 @@ pub async fn generation(
         cancelled: bool,
         status: u16,
         outcome: String,
+        /// Web searches run for the request (their price is in total_cost).
+        num_searches: u32,
     }
     #[derive(Serialize)]
     struct Out {
@@ -158,6 +160,7 @@ pub async fn generation(
             latency: record.latency_ms,
             streamed: record.streamed,
             cancelled: record.cancelled,
+            num_searches: record.searches,
             status: record.status,
             outcome: record.outcome,
         },

@@ -131,7 +131,8 @@ type SharedConn = Arc<RwLock<Option<ConnectionManager>>>;
 pub struct RedisLimiter {
     client: redis::Client,
     conn: SharedConn,
-    /// Key prefix, e.g. `mume:v1:`; tests give each run its own.
+    /// Key prefix (`rate_limit.key_prefix`, default `mume:rl:`); tests give
+    /// each run its own.
     prefix: String,
     instances: u32,
     fallback: MemoryLimiter,

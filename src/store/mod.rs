@@ -156,6 +156,8 @@ pub struct UsageRecord {
     pub streamed: bool,
     pub cancelled: bool,
     pub created_at: i64,
+    /// Web searches run for the request (their price is in `cost`).
+    pub searches: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

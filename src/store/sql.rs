@@ -107,6 +107,7 @@ where
         streamed: row.int("streamed") != 0,
         cancelled: row.int("cancelled") != 0,
         created_at: row.int("created_at"),
+        searches: u32::try_from(count("searches")).unwrap_or(u32::MAX),
     }
 }
 

@@ -72,12 +72,13 @@ macro_rules! settlements {
 DELETE FROM holds WHERE hold_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1, '$.settle'));
 INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
                              completion_tokens, cached_tokens, cost, status, outcome, latency_ms,
-                             streamed, cancelled, created_at)
+                             streamed, cancelled, created_at, searches)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
            json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
            json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'),
-           json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]')
+           json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'),
+           json_extract(value, '$[15]')
     FROM json_each(?1, '$.usage');\n"
         )
     };
@@ -364,7 +365,8 @@ fn usage_row(u: &UsageRecord) -> Value {
         sql_count(u.latency_ms),
         i64::from(u.streamed),
         i64::from(u.cancelled),
-        u.created_at
+        u.created_at,
+        u.searches
     ])
 }
 
@@ -492,6 +494,7 @@ mod tests {
             streamed: false,
             cancelled: false,
             created_at: 2,
+            searches: 0,
         };
         let (s1, s2, h2) = tokio::join!(
             store.batch.submit(Op::Settle(usage.clone())),

@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use futures::future::join_all;
 use futures::StreamExt;
 use mume_gateway::billing::{estimate_prompt_tokens, Billing, ChargeSpec, Pricing};
+use mume_gateway::gateway::record::Usage;
 use mume_gateway::ratelimit::{MemoryLimiter, Permit, RateLimiter};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -270,6 +271,7 @@ async fn cr03_a_panic_with_a_hold_open_still_settles_it() {
             max_output_tokens: 100,
             streamed,
             idempotency_key: None,
+            extra_hold: 0,
         };
         let billing = billing.clone();
         let handler = tokio::spawn(async move {
@@ -539,4 +541,83 @@ async fn a_402_says_how_much_is_needed_and_that_a_lower_max_tokens_helps() {
     let ok = gw.chat_as(&key, &small).await;
     assert_eq!(ok.status(), 200);
     assert!(upstream.seen().len() == 1);
+}
+
+/// A request that makes several model calls and runs searches (the web
+/// search loop): the hold covers the extra, every call and search is
+/// billed once, the usage record sums the calls and counts the searches,
+/// and the charge never passes the hold.
+#[tokio::test]
+async fn several_calls_and_searches_settle_as_one_charge_within_the_hold() {
+    let gw = TestGateway::with(&priced("http://127.0.0.1:9/v1")).await;
+    let initial = 10_000_000_000;
+    let (id, _) = limited_key(&gw, initial).await;
+    let key = Arc::new(gw.store.keys.key_by_id(&id).await.unwrap().unwrap());
+    let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryLimiter::default());
+    let billing = Arc::new(Billing::new(
+        gw.store.clone(),
+        limiter,
+        Duration::from_secs(600),
+    ));
+    let usage = |p, c| {
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: 0,
+        })
+    };
+    for (n, (extra_hold, search_price, expected)) in [
+        // Two calls (10+2, 30+5 tokens) and two searches at 7 nano-USD.
+        (
+            1_000_000_000,
+            7,
+            PRICING.raw_cost(10, 2) + PRICING.raw_cost(30, 5) + 14,
+        ),
+        // Searches dearer than the hold: charged the hold, never more.
+        (0, 10_000_000_000, PRICING.raw_cost(10, 100)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = gw.balance(&id).await;
+        let spec = ChargeSpec {
+            key: key.clone(),
+            request_id: format!("req-rounds-{n}").into(),
+            model: "up/m".into(),
+            provider: "up".into(),
+            prompt: PRICING.prompt,
+            completion: PRICING.completion,
+            prompt_estimate: 10,
+            max_output_tokens: 100,
+            streamed: false,
+            idempotency_key: None,
+            extra_hold,
+        };
+        let mut charge = billing.open(spec, Permit::none()).await.unwrap();
+        assert_eq!(
+            before - gw.balance(&id).await,
+            PRICING.raw_cost(10, 100) + extra_hold,
+            "the hold covers the extra"
+        );
+        charge.mark_sent();
+        charge.set_usage(usage(10, 2));
+        charge.bank_round();
+        charge.add_search(search_price);
+        charge.add_search(search_price);
+        charge.set_usage(usage(30, 5));
+        charge.finish(200, "ok", None).await;
+        gw.holds_drain().await;
+        assert_eq!(before - gw.balance(&id).await, expected);
+        let record = gw
+            .store
+            .usage
+            .generation(&id, &format!("req-rounds-{n}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.searches, 2);
+        assert_eq!((record.prompt_tokens, record.completion_tokens), (40, 7));
+        assert_eq!(record.cost, expected);
+    }
+    assert_eq!(gw.ledger_sum(&id).await, gw.balance(&id).await);
 }

@@ -103,6 +103,7 @@ fn usage(key: &str, hold_id: &str, cost: i64, at: i64) -> UsageRecord {
         streamed: true,
         cancelled: false,
         created_at: at,
+        searches: 2,
     }
 }
 
