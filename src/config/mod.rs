@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use money::{parse_signed_usd, parse_usd, per_token_usd_string, usd_string, NanoUsd};
 use raw::{
     RawConfig, RawEndpoint, RawKeys, RawModel, RawProvider, RawRateLimit, RawRouting, RawServer,
-    RawStore,
+    RawStore, RawWebSearch,
 };
 
 /// The default configuration, compiled into the binary.
@@ -35,6 +35,8 @@ pub struct Config {
     pub keys: KeysConfig,
     pub routing: RoutingConfig,
     pub rate_limit: RateLimitConfig,
+    /// The search backend for `web_search`; `None`: web search is off.
+    pub web_search: Option<crate::search::SearchConfig>,
 }
 
 /// Where rate limits live.
@@ -160,6 +162,9 @@ pub struct ModelConfig {
     pub max_output_tokens: Option<u64>,
     /// The model reads images as well as text.
     pub takes_images: bool,
+    /// The model can call functions (tools). Web search offers such a model
+    /// a search function; any other model gets the results in its prompt.
+    pub calls_tools: bool,
 }
 
 /// One provider serving a model under its own model name.
@@ -389,6 +394,10 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
     let keys = validate_keys(&raw.keys, &mut check);
     let routing = validate_routing(&raw.routing, &mut check);
     let rate_limit = validate_rate_limit(&raw.rate_limit, &mut check);
+    let web_search = raw
+        .web_search
+        .as_ref()
+        .map(|w| validate_web_search(w, &mut check));
     Config {
         source: source_name.to_string(),
         server,
@@ -398,6 +407,62 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
         keys,
         routing,
         rate_limit,
+        web_search,
+    }
+}
+
+fn validate_web_search(
+    raw: &RawWebSearch,
+    check: &mut Checker<'_>,
+) -> crate::search::SearchConfig {
+    use crate::search::SearchBackendKind as Kind;
+    let (backend, default_url) = match raw.backend.as_deref().unwrap_or("searxng") {
+        "searxng" => (Kind::Searxng, None),
+        "brave" => (Kind::Brave, Some("https://api.search.brave.com")),
+        "tavily" => (Kind::Tavily, Some("https://api.tavily.com")),
+        "exa" => (Kind::Exa, Some("https://api.exa.ai")),
+        other => {
+            check.report(
+                "web_search.backend",
+                format!("{other:?} is not a search backend"),
+                "use \"searxng\", \"brave\", \"tavily\" or \"exa\"",
+            );
+            (Kind::Searxng, None)
+        }
+    };
+    let url = match (raw.url.as_deref(), default_url) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => {
+            check.report(
+                "web_search.url",
+                "is required for SearXNG",
+                "set it to your SearXNG instance, e.g. \"http://127.0.0.1:8888\" (its JSON format must be enabled)",
+            );
+            String::new()
+        }
+    };
+    if !url.is_empty() && reqwest::Url::parse(&url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        check.report("web_search.url", "is not an http(s) URL", "write it like \"https://api.tavily.com\"");
+    }
+    if backend != Kind::Searxng && raw.api_key_env.is_none() {
+        check.report(
+            "web_search.api_key_env",
+            "is required for this backend",
+            "name the environment variable that holds the backend's API key",
+        );
+    }
+    crate::search::SearchConfig {
+        backend,
+        url,
+        api_key_env: raw.api_key_env.clone(),
+        timeout: check.duration("web_search.timeout", raw.timeout.as_deref(), Duration::from_secs(10)),
+        max_results: check.bounded("web_search.max_results", raw.max_results, 5, 1, 20) as usize,
+        price: raw
+            .price
+            .as_ref()
+            .map_or(0, |v| check.usd("web_search.price", v, "USD per search, e.g. \"0.005\"")),
+        max_searches: check.bounded("web_search.max_searches", raw.max_searches, 3, 1, 10) as u32,
     }
 }
 
@@ -935,6 +1000,7 @@ fn validate_model(
     };
     Some(ModelConfig {
         takes_images,
+        calls_tools: raw.tools.unwrap_or(true),
         name: raw.name.clone().unwrap_or_else(|| id.clone()),
         prompt_price,
         completion_price,

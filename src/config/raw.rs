@@ -22,6 +22,18 @@ pub struct RawConfig {
     pub routing: RawRouting,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
+    pub web_search: Option<RawWebSearch>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawWebSearch {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub timeout: Option<String>,
+    pub max_results: Option<u64>,
+    pub price: Option<toml::Value>,
+    pub max_searches: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +110,7 @@ pub struct RawModel {
     pub context_length: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub input_modalities: Option<Vec<String>>,
+    pub tools: Option<bool>,
     pub endpoints: Option<Vec<RawEndpoint>>,
 }
 

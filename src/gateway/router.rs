@@ -353,6 +353,7 @@ mod tests {
             context_length: None,
             max_output_tokens: None,
             takes_images: true,
+            calls_tools: true,
         })
     }
 

@@ -180,6 +180,15 @@ struct HttpBackend {
 }
 
 impl HttpBackend {
+    /// `POST {url}/search` with a JSON body.
+    fn post_json(&self, headers: HeaderMap, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/search", self.url))
+            .headers(headers)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+    }
+
     fn request(&self, q: &SearchQuery, key: Option<&str>) -> reqwest::RequestBuilder {
         let n = q.max_results.max(1);
         let mut headers = HeaderMap::new();
@@ -222,11 +231,9 @@ impl HttpBackend {
                 if let Some(key) = key {
                     set("authorization", &format!("Bearer {key}"));
                 }
-                self.http
-                    .post(format!("{}/search", self.url))
-                    .headers(headers)
-                    .json(&json!({"query": q.query, "max_results": n,
-                        "include_domains": q.allowed_domains, "exclude_domains": q.excluded_domains}))
+                let body = json!({"query": q.query, "max_results": n,
+                    "include_domains": q.allowed_domains, "exclude_domains": q.excluded_domains});
+                self.post_json(headers, &body)
             }
             SearchBackendKind::Exa => {
                 if let Some(key) = key {
@@ -240,10 +247,7 @@ impl HttpBackend {
                 if !q.excluded_domains.is_empty() {
                     body["excludeDomains"] = json!(q.excluded_domains);
                 }
-                self.http
-                    .post(format!("{}/search", self.url))
-                    .headers(headers)
-                    .json(&body)
+                self.post_json(headers, &body)
             }
         }
     }
