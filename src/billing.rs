@@ -275,6 +275,23 @@ impl Charge {
         self.delivered_tokens = 0;
     }
 
+    /// The usage the current model call reported, if any.
+    pub fn current_usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// What the request costs so far: earlier calls, searches and the
+    /// current call, never more than the hold.
+    pub fn cost_so_far(&self) -> NanoUsd {
+        let current = self.billable().map_or(0, |u| {
+            self.pricing.raw_cost(u.prompt_tokens, u.completion_tokens)
+        });
+        let raw = current
+            .saturating_add(self.banked_cost)
+            .saturating_add(self.search_cost);
+        self.pricing.cap.map_or(raw, |cap| raw.min(cap))
+    }
+
     /// A web search ran for the request, at `price`.
     pub fn add_search(&mut self, price: NanoUsd) {
         self.searches += 1;

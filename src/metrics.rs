@@ -91,6 +91,11 @@ pub fn retry(provider: &str) {
     counter!("mume_retries_total", "provider" => provider.to_string()).increment(1);
 }
 
+/// A web search the gateway ran (`ok` or `error`).
+pub fn search(backend: &'static str, outcome: &'static str) {
+    counter!("mume_web_searches_total", "backend" => backend, "outcome" => outcome).increment(1);
+}
+
 /// A fallback model from `models` was tried.
 pub fn fallback(model: &str) {
     counter!("mume_fallbacks_total", "model" => model.to_string()).increment(1);

@@ -16,6 +16,7 @@ use crate::middleware::limits::HeaderLimits;
 use crate::providers::{ProviderError, ProviderWarning, Registry};
 use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{MemoryLimiter, RateLimiter};
+use crate::search::Searcher;
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// The environment variable holding the admin secret (never the config file).
@@ -111,6 +112,10 @@ impl AppState {
             keepalive: server.keepalive_interval,
             max_stream_duration: server.max_stream_duration,
             responses_retention: config.store.responses_retention,
+            searcher: config
+                .web_search
+                .as_ref()
+                .map(|w| Arc::new(Searcher::build(w, env))),
         });
         let admin = env(ADMIN_KEY_ENV)
             .filter(|s| !s.is_empty())

@@ -411,10 +411,7 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
     }
 }
 
-fn validate_web_search(
-    raw: &RawWebSearch,
-    check: &mut Checker<'_>,
-) -> crate::search::SearchConfig {
+fn validate_web_search(raw: &RawWebSearch, check: &mut Checker<'_>) -> crate::search::SearchConfig {
     use crate::search::SearchBackendKind as Kind;
     let (backend, default_url) = match raw.backend.as_deref().unwrap_or("searxng") {
         "searxng" => (Kind::Searxng, None),
@@ -442,8 +439,14 @@ fn validate_web_search(
             String::new()
         }
     };
-    if !url.is_empty() && reqwest::Url::parse(&url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
-        check.report("web_search.url", "is not an http(s) URL", "write it like \"https://api.tavily.com\"");
+    if !url.is_empty()
+        && reqwest::Url::parse(&url).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+    {
+        check.report(
+            "web_search.url",
+            "is not an http(s) URL",
+            "write it like \"https://api.tavily.com\"",
+        );
     }
     if backend != Kind::Searxng && raw.api_key_env.is_none() {
         check.report(
@@ -456,12 +459,15 @@ fn validate_web_search(
         backend,
         url,
         api_key_env: raw.api_key_env.clone(),
-        timeout: check.duration("web_search.timeout", raw.timeout.as_deref(), Duration::from_secs(10)),
+        timeout: check.duration(
+            "web_search.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
         max_results: check.bounded("web_search.max_results", raw.max_results, 5, 1, 20) as usize,
-        price: raw
-            .price
-            .as_ref()
-            .map_or(0, |v| check.usd("web_search.price", v, "USD per search, e.g. \"0.005\"")),
+        price: raw.price.as_ref().map_or(0, |v| {
+            check.usd("web_search.price", v, "USD per search, e.g. \"0.005\"")
+        }),
         max_searches: check.bounded("web_search.max_searches", raw.max_searches, 3, 1, 10) as u32,
     }
 }

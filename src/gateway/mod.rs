@@ -16,6 +16,7 @@ pub mod relay;
 pub mod request;
 pub mod responses;
 pub mod router;
+pub mod websearch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::accounts::{model_allowed, now_ms, store_unavailable};
@@ -42,6 +43,13 @@ use record::{Outcome, RequestContext, Usage};
 use relay::{ChunkRelay, EventRelay, Step, StreamLimits};
 use request::ChatRequest;
 use router::{backoff, Candidate, Router};
+use websearch::{SearchCall, Searched, WebSearch};
+
+use crate::search::Searcher;
+
+/// Tokens one search result may add to a prompt (title, URL and excerpt),
+/// for the hold of a request that searches.
+const SEARCH_RESULT_TOKENS: u64 = 400;
 
 /// Output tokens held for a model with no configured cap when the request
 /// names none either.
@@ -79,6 +87,8 @@ pub struct Gateway {
     max_stream_duration: Duration,
     /// How long stored responses are kept.
     responses_retention: Duration,
+    /// The web search backend, if the operator configured one.
+    searcher: Option<Arc<Searcher>>,
 }
 
 /// What `Gateway::new` is built from.
@@ -93,6 +103,7 @@ pub struct GatewayParts {
     pub keepalive: Duration,
     pub max_stream_duration: Duration,
     pub responses_retention: Duration,
+    pub searcher: Option<Arc<Searcher>>,
 }
 
 impl Gateway {
@@ -108,6 +119,7 @@ impl Gateway {
             keepalive: parts.keepalive,
             max_stream_duration: parts.max_stream_duration,
             responses_retention: parts.responses_retention,
+            searcher: parts.searcher,
         }
     }
 
@@ -118,7 +130,9 @@ impl Gateway {
         ctx: &RequestContext,
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
-        self.run(ChatRequest::parse(body)?, body, ctx, caller).await
+        let mut request = ChatRequest::parse(body)?;
+        request.web_search = websearch::take_from_chat(&mut request.body, &mut request.model)?;
+        self.run(request, body, ctx, caller).await
     }
 
     /// One Responses request, through the same pipeline: answered natively
@@ -226,24 +240,67 @@ impl Gateway {
                 None => Some(idem.clone()),
             },
         };
+        // Web search the gateway runs: not when a provider with the
+        // Responses API serves a Responses request (it searches itself).
+        let native = request.responses.is_some()
+            && self
+                .providers
+                .get(&first.endpoint().provider)
+                .is_some_and(|p| p.native_responses());
+        let search = match request.web_search.take().filter(|_| !native) {
+            None => None,
+            Some(ws) => match &self.searcher {
+                Some(searcher) => Some((ws, searcher.clone())),
+                None => {
+                    return Err(GatewayError::unavailable(
+                        "web_search_not_configured",
+                        "This request asks for web search, but this gateway has no search backend. The operator configures one in [web_search].",
+                    ))
+                }
+            },
+        };
         // The hold covers the dearest model that may answer.
         let most = |f: &dyn Fn(&ModelConfig) -> u64| models.iter().map(|m| f(m)).max().unwrap_or(0);
+        let prompt_price = models.iter().map(|m| m.prompt_price).max().unwrap_or(0);
+        let completion_price = models.iter().map(|m| m.completion_price).max().unwrap_or(0);
+        let prompt_est = most(&|m| prompt_estimate(&request, m));
+        let output_max = most(&|m| max_output_tokens(request.max_tokens, m));
+        // Each search may add a model round whose prompt carries every
+        // result so far, and costs the backend's price.
+        let extra_hold = search.as_ref().map_or(0, |(_, searcher)| {
+            let n = u64::from(searcher.max_searches);
+            let results = n * searcher.max_results as u64 * SEARCH_RESULT_TOKENS;
+            let round = Pricing {
+                prompt: prompt_price,
+                completion: completion_price,
+                cap: None,
+            }
+            .raw_cost(prompt_est + results, output_max);
+            (round.saturating_add(searcher.price)).saturating_mul(n as i64)
+        });
         let spec = ChargeSpec {
             key: key.clone(),
             request_id: ctx.request_id.clone(),
             model: first.model.id.clone(),
             provider: first.endpoint().provider.clone(),
-            prompt: models.iter().map(|m| m.prompt_price).max().unwrap_or(0),
-            completion: models.iter().map(|m| m.completion_price).max().unwrap_or(0),
-            prompt_estimate: most(&|m| prompt_estimate(&request, m)),
-            max_output_tokens: most(&|m| max_output_tokens(request.max_tokens, m)),
+            prompt: prompt_price,
+            completion: completion_price,
+            prompt_estimate: prompt_est,
+            max_output_tokens: output_max,
             streamed: request.stream,
             idempotency_key,
-            extra_hold: 0,
+            extra_hold,
         };
         let mut charge = self.billing.open(spec, permit).await?;
         self.router.on_request();
-        match self.attempts(&mut request, &plan, ctx, &mut charge).await {
+        let reply = match &search {
+            None => self.attempts(&mut request, &plan, ctx, &mut charge).await,
+            Some((ws, searcher)) => {
+                self.searched(&request, ws, searcher, &plan, ctx, &mut charge)
+                    .await
+            }
+        };
+        match reply {
             Ok(Reply::Complete(bytes)) => {
                 charge.finish(200, "ok", Some(&bytes)).await;
                 Ok(ChatOutcome::Complete(bytes))
@@ -410,6 +467,245 @@ impl Gateway {
             }
         }
         Err(run.all_failed())
+    }
+
+    /// A request with web search, run in rounds (see `websearch`), then
+    /// shaped for its API: a complete body, or the finished answer as a
+    /// stream.
+    async fn searched(
+        &self,
+        request: &ChatRequest,
+        ws: &WebSearch,
+        searcher: &Searcher,
+        plan: &[Candidate],
+        ctx: &RequestContext,
+        charge: &mut Charge,
+    ) -> Result<Reply, GatewayError> {
+        let body = match &request.responses {
+            Some(job) => job.chat_map()?,
+            None => request.body.clone(),
+        };
+        let mut inner = ChatRequest::from_map(body, true)?;
+        inner.body.remove("stream");
+        inner.body.remove("stream_options");
+        inner.stream = false;
+        let done = self
+            .search_rounds(&mut inner, ws, searcher, plan, ctx, charge)
+            .await?;
+        let model = done.completion["model"].as_str().unwrap_or("").to_string();
+        ctx.record.update(|r| {
+            r.usage = Some(Usage {
+                prompt_tokens: done.prompt_tokens,
+                completion_tokens: done.completion_tokens,
+                cached_tokens: done.cached_tokens,
+            });
+            r.outcome = Outcome::Completed;
+        });
+        let cost = usd_string(charge.cost_so_far());
+        let frames: Vec<Bytes> = match (&request.responses, request.stream) {
+            (None, false) => {
+                let mut c = done.chat_completion();
+                if let Ok(cost) = serde_json::from_str::<Value>(&cost) {
+                    c["usage"]["cost"] = cost;
+                }
+                let bytes = serde_json::to_vec(&c).expect("JSON serializes");
+                return Ok(Reply::Complete(bytes.into()));
+            }
+            (None, true) => done.chat_frames(request.client_wants_usage, &cost),
+            (Some(job), false) => {
+                let r = done.response(&job.meta(&model));
+                let bytes = serde_json::to_vec(&r).expect("JSON serializes");
+                return Ok(Reply::Complete(bytes.into()));
+            }
+            (Some(job), true) => {
+                let (events, response) = done.response_events(&job.meta(&model));
+                let saver = job.saver.clone().map(|s| (s, job.id.clone(), response));
+                let frames = events
+                    .iter()
+                    .map(|e| {
+                        let mut out = Vec::new();
+                        e.frame(&mut out);
+                        Bytes::from(out)
+                    })
+                    .collect();
+                let ctx = ctx.clone();
+                return Ok(Reply::Stream(Box::new(move |charge| {
+                    relay::replay(frames, ctx, charge, saver)
+                })));
+            }
+        };
+        let ctx = ctx.clone();
+        Ok(Reply::Stream(Box::new(move |charge| {
+            relay::replay(frames, ctx, charge, None)
+        })))
+    }
+
+    /// The rounds of a searching request; see `websearch`.
+    async fn search_rounds(
+        &self,
+        inner: &mut ChatRequest,
+        ws: &WebSearch,
+        searcher: &Searcher,
+        plan: &[Candidate],
+        ctx: &RequestContext,
+        charge: &mut Charge,
+    ) -> Result<Searched, GatewayError> {
+        let date = crate::dates::utc_date(now_ms());
+        let mut done = Searched {
+            completion: Value::Null,
+            calls: Vec::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: 0,
+        };
+        if !plan[0].model.calls_tools {
+            // One search with the user's words, in the prompt.
+            let call = self
+                .search_once(
+                    searcher,
+                    ws,
+                    &websearch::last_user_text(&inner.body),
+                    charge,
+                )
+                .await?;
+            let context = websearch::block(ws, &call, 1, &date);
+            done.calls.push(call);
+            if let Some(Value::Array(messages)) = inner.body.get_mut("messages") {
+                messages.insert(0, json!({"role": "system", "content": context}));
+            }
+            done.completion = self.round(inner, plan, ctx, charge, &mut done).await?;
+            return Ok(done);
+        }
+        let (name, tool) = websearch::search_function(&inner.body);
+        let client_tools = inner.body.get("tools").cloned();
+        let client_choice = inner.body.get("tool_choice").cloned();
+        loop {
+            let last = done.calls.len() as u32 >= searcher.max_searches;
+            let mut tools = match &client_tools {
+                Some(Value::Array(t)) => t.clone(),
+                _ => Vec::new(),
+            };
+            if !last {
+                tools.push(tool.clone());
+            }
+            if tools.is_empty() {
+                inner.body.remove("tools");
+                inner.body.remove("tool_choice");
+            } else {
+                inner.body.insert("tools".into(), Value::Array(tools));
+                if let Some(choice) = &client_choice {
+                    inner.body.insert("tool_choice".into(), choice.clone());
+                }
+            }
+            let completion = self.round(inner, plan, ctx, charge, &mut done).await?;
+            let message = completion["choices"][0]["message"].clone();
+            let calls: Vec<Value> = message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let (ours, theirs): (Vec<Value>, Vec<Value>) = calls.into_iter().partition(|c| {
+                c.pointer("/function/name").and_then(Value::as_str) == Some(name.as_str())
+            });
+            if ours.is_empty() || !theirs.is_empty() || last {
+                // The answer, or calls of the client's own tools for it to
+                // run: without the gateway's searches in either case.
+                let mut completion = completion;
+                if let Some(m) = completion
+                    .pointer_mut("/choices/0/message")
+                    .and_then(Value::as_object_mut)
+                {
+                    if theirs.is_empty() {
+                        m.remove("tool_calls");
+                    } else {
+                        m.insert("tool_calls".into(), Value::Array(theirs));
+                    }
+                }
+                done.completion = completion;
+                return Ok(done);
+            }
+            let mut turn = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": ours});
+            if turn["content"].is_null() {
+                turn["content"] = json!("");
+            }
+            let mut answers = Vec::new();
+            for call in turn["tool_calls"].as_array().cloned().unwrap_or_default() {
+                let text = if done.calls.len() as u32 >= searcher.max_searches {
+                    "No more searches are allowed for this request: answer with the results you have.".to_string()
+                } else {
+                    let result = self
+                        .search_once(searcher, ws, &websearch::query_of(&call), charge)
+                        .await?;
+                    let first = done.calls.iter().map(|c| c.results.len()).sum::<usize>() + 1;
+                    let block = websearch::block(ws, &result, first, &date);
+                    done.calls.push(result);
+                    block
+                };
+                answers.push(json!({"role": "tool", "tool_call_id": call.get("id").cloned().unwrap_or(Value::Null), "content": text}));
+            }
+            if let Some(Value::Array(messages)) = inner.body.get_mut("messages") {
+                messages.push(turn);
+                messages.extend(answers);
+            }
+        }
+    }
+
+    /// One search, billed; a failure is a 503 naming the backend.
+    async fn search_once(
+        &self,
+        searcher: &Searcher,
+        ws: &WebSearch,
+        text: &str,
+        charge: &mut Charge,
+    ) -> Result<SearchCall, GatewayError> {
+        let query = websearch::query(ws, text, searcher.max_results);
+        match searcher.search(&query).await {
+            Ok(results) => {
+                charge.add_search(searcher.price);
+                crate::metrics::search(searcher.backend_name(), "ok");
+                Ok(SearchCall {
+                    query: query.query,
+                    results,
+                })
+            }
+            Err(e) => {
+                crate::metrics::search(searcher.backend_name(), "error");
+                Err(GatewayError::unavailable(
+                    "search_unavailable",
+                    format!("The web search backend ({}) failed: {e}. Retry later, or send the request without web search.", searcher.backend_name()),
+                ))
+            }
+        }
+    }
+
+    /// One non-streamed model call of a searching request, billed with the
+    /// rest; its tokens join the totals.
+    async fn round(
+        &self,
+        inner: &mut ChatRequest,
+        plan: &[Candidate],
+        ctx: &RequestContext,
+        charge: &mut Charge,
+        done: &mut Searched,
+    ) -> Result<Value, GatewayError> {
+        let bytes = match self.attempts(inner, plan, ctx, charge).await? {
+            Reply::Complete(bytes) => bytes,
+            Reply::Stream(_) => {
+                return Err(GatewayError::internal(
+                    "a search round streamed although it was sent with stream: false",
+                ))
+            }
+        };
+        let usage = charge.current_usage();
+        charge.bank_round();
+        if let Some(u) = usage {
+            done.prompt_tokens += u.prompt_tokens;
+            done.completion_tokens += u.completion_tokens;
+            done.cached_tokens += u.cached_tokens;
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            GatewayError::internal(format!("a search round's answer is not JSON: {e}"))
+        })
     }
 
     /// The endpoints of one model. `Err(None)`: all failed, the next model

@@ -528,6 +528,32 @@ pub fn finished<R: EventRelay>(
     .boxed()
 }
 
+/// A finished answer sent as a stream (a searching request's): every frame
+/// but the last, then the settlement (and the Responses object stored),
+/// then the last frame.
+pub fn replay(
+    mut frames: Vec<Bytes>,
+    ctx: RequestContext,
+    charge: Charge,
+    saver: Option<(super::responses::Saver, String, Value)>,
+) -> BoxStream<'static, Bytes> {
+    async_stream::stream! {
+        let last = frames.pop();
+        for frame in frames {
+            yield frame;
+        }
+        ctx.record.update(|r| r.outcome = Outcome::Completed);
+        charge.finish(200, "ok", None).await;
+        if let Some((saver, id, response)) = saver {
+            saver.save(&id, &response).await;
+        }
+        if let Some(last) = last {
+            yield last;
+        }
+    }
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,8 @@ pub struct ChatRequest {
     /// Where the first image of the request is (`messages[0].content[1]`),
     /// if it has one.
     pub image_at: Option<String>,
+    /// Web search the request asks for (`gateway::websearch`).
+    pub web_search: Option<super::websearch::WebSearch>,
     /// A Responses API request: `body` is in the Responses shape, and this
     /// says how to serve it (`responses::Job`).
     pub responses: Option<std::sync::Arc<super::responses::Job>>,
@@ -109,6 +111,7 @@ impl ChatRequest {
             max_tokens,
             fallbacks,
             prefs,
+            web_search: None,
             responses: None,
         })
     }

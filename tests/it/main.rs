@@ -30,3 +30,4 @@ mod shutdown;
 mod store_contract;
 mod stream_failures;
 mod streaming;
+mod web_search;

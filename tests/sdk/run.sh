@@ -69,12 +69,15 @@ GW_LOG="$WORK_DIR/gateway.log"
 GW_PID=""
 
 ANTHROPIC_PID=""
+SEARXNG_PID=""
 
 cleanup() {
   local rc=$?
-  if [[ -n "$ANTHROPIC_PID" ]]; then
-    kill "$ANTHROPIC_PID" 2>/dev/null || true
-  fi
+  for pid in "$ANTHROPIC_PID" "$SEARXNG_PID"; do
+    if [[ -n "$pid" ]]; then
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
   if [[ -n "$GW_PID" ]] && kill -0 "$GW_PID" 2>/dev/null; then
     kill "$GW_PID" 2>/dev/null || true
     # The gateway drains in-flight work on SIGTERM; do not wait forever.
@@ -119,6 +122,17 @@ id = "anthropic/claude-mock"
 max_output_tokens = 1024
 ' \
   "$(cat "$ANTHROPIC_PORT_FILE")" >>"$RUN_CONFIG"
+# A SearXNG JSON API on a free port, for web search.
+SEARXNG_PORT_FILE="$WORK_DIR/searxng.port"
+"$PYTHON" "$SDK_DIR/searxng_mock.py" "$SEARXNG_PORT_FILE" </dev/null >"$WORK_DIR/searxng.log" 2>&1 &
+SEARXNG_PID=$!
+for _ in $(seq 1 50); do
+  [[ -s "$SEARXNG_PORT_FILE" ]] && break
+  sleep 0.1
+done
+[[ -s "$SEARXNG_PORT_FILE" ]] || { log "the SearXNG mock did not start"; exit 1; }
+printf '\n[web_search]\nbackend = "searxng"\nurl = "http://127.0.0.1:%s"\nprice = "0.001"\n' \
+  "$(cat "$SEARXNG_PORT_FILE")" >>"$RUN_CONFIG"
 # The mock checks that a key arrives in x-api-key; any value will do.
 export ANTHROPIC_API_KEY="sk-ant-sdk-suite"
 "$MUME_BIN" check-config --config "$CONFIG" >&2

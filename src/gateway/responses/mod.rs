@@ -59,6 +59,12 @@ impl Job {
         }
     }
 
+    /// The Chat Completions translation of the request (model still the
+    /// public id).
+    pub fn chat_map(&self) -> Result<Map<String, Value>, GatewayError> {
+        self.chat.clone()
+    }
+
     /// The Chat Completions body for one attempt: the endpoint's model, and
     /// for streams the usage chunk requested.
     pub fn chat_body(&self, upstream_model: &str, stream: bool) -> Result<Bytes, GatewayError> {
@@ -171,8 +177,10 @@ pub async fn prepare(
         None => Vec::new(),
     };
 
-    // The translation sees the whole conversation.
+    // The translation sees the whole conversation, and not the web_search
+    // tool: the gateway runs that one itself (a native provider gets it).
     let mut whole = request.clone();
+    let web_search = super::websearch::take_from_responses(&mut whole);
     let mut all_items = history.clone();
     all_items.extend(input.iter().cloned());
     whole.insert("input".into(), Value::Array(all_items));
@@ -204,6 +212,7 @@ pub async fn prepare(
     let mut typed = ChatRequest::from_map(native, false)?;
     typed.max_tokens = max_output;
     typed.client_wants_usage = false;
+    typed.web_search = web_search;
     typed.responses = Some(Arc::new(Job {
         id,
         created_at: (created_at_ms / 1000) as u64,

@@ -51,6 +51,7 @@ struct TextItem {
     output_index: usize,
     id: String,
     text: String,
+    annotations: Vec<Value>,
 }
 
 struct CallItem {
@@ -198,6 +199,7 @@ impl ResponseStream {
             output_index,
             id: id.clone(),
             text: String::new(),
+            annotations: Vec::new(),
         }));
         vec![
             self.event(
@@ -240,7 +242,7 @@ impl ResponseStream {
         match self.open.take() {
             None => Vec::new(),
             Some(Open::Text(item)) => {
-                let part = json!({"type": "output_text", "text": item.text, "annotations": [], "logprobs": []});
+                let part = json!({"type": "output_text", "text": item.text, "annotations": item.annotations, "logprobs": []});
                 let done = json!({"id": item.id, "type": "message", "status": "completed", "role": "assistant", "content": [part]});
                 self.output.push(done.clone());
                 vec![
@@ -274,6 +276,56 @@ impl ResponseStream {
                 ]
             }
         }
+    }
+
+    /// A web search the gateway ran, as a finished `web_search_call` item:
+    /// `output_item.added`, `web_search_call.in_progress`, `.searching`,
+    /// `.completed`, `output_item.done`.
+    pub fn web_search_call(&mut self, query: &str, urls: &[String]) -> Vec<Event> {
+        let mut out = self.close();
+        let output_index = self.output.len();
+        let id = format!("ws_{}_{output_index}", self.id.trim_start_matches("resp_"));
+        let sources: Vec<Value> = urls
+            .iter()
+            .map(|u| json!({"type": "url", "url": u}))
+            .collect();
+        let action =
+            json!({"type": "search", "query": query, "queries": [query], "sources": sources});
+        let item = |status: &str| json!({"id": id, "type": "web_search_call", "status": status, "action": action});
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": output_index, "item": item("in_progress")}),
+        ));
+        for name in [
+            "response.web_search_call.in_progress",
+            "response.web_search_call.searching",
+            "response.web_search_call.completed",
+        ] {
+            out.push(self.event(name, json!({"output_index": output_index, "item_id": id})));
+        }
+        let done = item("completed");
+        self.output.push(done.clone());
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": output_index, "item": done}),
+        ));
+        out
+    }
+
+    /// Adds annotations to the open text: one `output_text.annotation.added`
+    /// each.
+    pub fn annotate(&mut self, annotations: Vec<Value>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for annotation in annotations {
+            let Some(Open::Text(item)) = &mut self.open else {
+                break;
+            };
+            item.annotations.push(annotation.clone());
+            let data = json!({"item_id": item.id, "output_index": item.output_index, "content_index": 0,
+                "annotation_index": item.annotations.len() - 1, "annotation": annotation});
+            out.push(self.event("response.output_text.annotation.added", data));
+        }
+        out
     }
 
     /// The upstream finished: close the open item, then

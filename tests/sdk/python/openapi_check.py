@@ -40,6 +40,10 @@ EVENT_SCHEMAS = {
     "response.incomplete": "ResponseIncompleteEvent",
     "response.failed": "ResponseFailedEvent",
     "error": "ResponseErrorEvent",
+    "response.web_search_call.in_progress": "ResponseWebSearchCallInProgressEvent",
+    "response.web_search_call.searching": "ResponseWebSearchCallSearchingEvent",
+    "response.web_search_call.completed": "ResponseWebSearchCallCompletedEvent",
+    "response.output_text.annotation.added": "ResponseOutputTextAnnotationAddedEvent",
 }
 
 

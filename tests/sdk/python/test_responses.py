@@ -216,3 +216,50 @@ def test_anthropic_model_streams_through_the_responses_api(client: openai.OpenAI
     assert final.model == CLAUDE
     assert final.usage.input_tokens == 20
     assert final.usage.output_tokens == 9
+
+
+def test_web_search_cites_its_sources_and_every_event_matches_the_spec(
+    base_url: str, client: openai.OpenAI
+) -> None:
+    # The mock model calls the search function it is offered, then repeats
+    # the results it got: its answer cites them as [1] and [2].
+    response = client.responses.create(model=ECHO, input="rust news", tools=[{"type": "web_search"}])
+    check("Response", response.model_dump(mode="json", exclude_unset=True))
+    assert response.output[0].type == "web_search_call"
+    assert response.output[0].action.query == "rust news"
+    text = response.output_text
+    assert "First result for rust news" in text
+    annotations = response.output[1].content[0].annotations
+    urls = {a.url for a in annotations}
+    assert urls == {"https://example.com/first", "https://example.org/second"}
+    for a in annotations:
+        assert a.type == "url_citation"
+        assert text[a.start_index : a.end_index] in ("[1]", "[2]")
+
+    events, _ = raw_events(base_url, {"model": ECHO, "input": "rust news", "tools": [{"type": "web_search"}]})
+    check_stream(events)
+    kinds = [e["type"] for e in events]
+    assert kinds[2:7] == [
+        "response.output_item.added",
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+        "response.web_search_call.completed",
+        "response.output_item.done",
+    ]
+    assert "response.output_text.annotation.added" in kinds
+    check("Response", events[-1]["response"])
+
+
+def test_chat_web_search_options_give_url_citations(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=ECHO,
+        messages=[{"role": "user", "content": "rust news"}],
+        extra_body={"web_search_options": {}},
+    )
+    message = answer.choices[0].message
+    assert "First result for rust news" in message.content
+    cites = message.annotations
+    assert cites and all(c.type == "url_citation" for c in cites)
+    for c in cites:
+        marker = message.content[c.url_citation.start_index : c.url_citation.end_index]
+        assert marker in ("[1]", "[2]")
