@@ -18,7 +18,7 @@
 //! - `billing`: credit holds and settlement; `ratelimit`: per-key limits.
 //! - `store`: persistence behind one trait per concern (SQLite by default,
 //!   Postgres for several instances).
-//! - `search`: web search backends and citations (issue 8 groundwork).
+//! - `search`: web search backends and citations.
 //! - `dates`: calendar dates from Unix time.
 //! - `telemetry`: logging setup.
 

@@ -2,9 +2,8 @@
 //! by a request: SearXNG's JSON API (self-hosted; the documented default),
 //! Brave Search, Tavily and Exa, behind one trait.
 //!
-//! Groundwork of issue 8: the backends, their config, and the citation and
-//! prompt helpers (`cite.rs`) are here and tested against local fake
-//! backends; the gateway does not run searches for requests yet.
+//! `gateway::websearch` runs them for requests; `cite.rs` builds the
+//! prompt block of results and the answer's citations.
 //!
 //! A backend is reached only at its configured URL, with the operator's
 //! key from its configured variable; nothing of the caller (their gateway

@@ -26,9 +26,13 @@ async fn searxng(status: u16, delay: Duration) -> (String, Queries) {
     let record = seen.clone();
     let app = Router::new().route(
         "/search",
-        get(move |Query(q): Query<HashMap<String, String>>| {
+        get(move |Query(mut q): Query<HashMap<String, String>>, headers: axum::http::HeaderMap| {
             let record = record.clone();
             async move {
+                // Every header value, to check that nothing of the caller's
+                // reaches the backend.
+                let all: Vec<String> = headers.values().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+                q.insert("headers".into(), all.join("\n"));
                 record.lock().unwrap().push(q);
                 tokio::time::sleep(delay).await;
                 let body = json!({"results": [
@@ -175,6 +179,12 @@ async fn a_tool_calling_model_searches_and_cites_real_sources_and_each_search_is
     assert!(tool_answer.contains("[1] Rust 1.90 released"));
     assert!(tool_answer.contains("<<<web-results"));
     assert_eq!(queries.lock().unwrap()[0]["q"], "rust release");
+    let headers = queries.lock().unwrap()[0]["headers"].clone();
+    assert!(
+        !headers.contains(&key),
+        "the caller's gateway key never reaches the backend (SSRF-05)"
+    );
+    assert!(!headers.contains("sk-mume-"));
 
     // 110 prompt tokens at 1,000,000, 25 completion tokens at 2,000,000,
     // and one search at $0.01.
