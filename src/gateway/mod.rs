@@ -233,13 +233,6 @@ impl Gateway {
             r.provider = Some(first.endpoint().provider.clone());
             r.streamed = request.stream;
         });
-        let idempotency_key = match &caller.idempotency_key {
-            None => None,
-            Some(idem) => match self.claim(key, idem, body, ctx).await? {
-                Some(replay) => return Ok(replay),
-                None => Some(idem.clone()),
-            },
-        };
         // Web search the gateway runs: not when a provider with the
         // Responses API serves a Responses request (it searches itself).
         let native = request.responses.is_some()
@@ -257,6 +250,13 @@ impl Gateway {
                         "This request asks for web search, but this gateway has no search backend. The operator configures one in [web_search].",
                     ))
                 }
+            },
+        };
+        let idempotency_key = match &caller.idempotency_key {
+            None => None,
+            Some(idem) => match self.claim(key, idem, body, ctx).await? {
+                Some(replay) => return Ok(replay),
+                None => Some(idem.clone()),
             },
         };
         // The hold covers the dearest model that may answer.

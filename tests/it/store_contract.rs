@@ -492,3 +492,43 @@ async fn cr08_with_postgres_gone_spending_requests_get_503_and_no_upstream_call(
     assert_eq!(e.error["code"], "store_unavailable");
     assert_eq!(upstream.seen().len(), 1, "no upstream call without a hold");
 }
+
+/// `MUME_DATABASE_URL` and `MUME_REDIS_URL` select the shared backends
+/// (what docker-compose.yml sets), over a config that names neither.
+#[tokio::test]
+async fn the_environment_selects_postgres_and_redis() {
+    let upstream = Upstream::json(200, completion("hi")).await;
+    let db = PgDatabase::create().await;
+    let redis = crate::limiter_contract::redis_url();
+    let gw = TestGateway::start_with_env(
+        &GatewayConfig::openai(&upstream.base_url).toml(),
+        &[
+            (
+                crate::support::gateway::UP_KEY_ENV,
+                crate::support::gateway::UP_KEY,
+            ),
+            ("MUME_DATABASE_URL", db.url.as_str()),
+            ("MUME_REDIS_URL", redis.as_str()),
+        ],
+    )
+    .await;
+    let health: serde_json::Value = crate::support::anonymous()
+        .get(gw.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["rate_limiter"], "redis");
+    let (id, _) = gw.key_with_credit(5).await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(found, 1, "the key lives in Postgres");
+}

@@ -421,12 +421,18 @@ async fn a_failing_slow_or_missing_backend_is_a_clear_503() {
         assert!(e["error"]["message"].as_str().unwrap().contains("searxng"));
     }
     let gw = TestGateway::for_upstream(&upstream.base_url).await;
-    let reply = post_chat(
-        &gw,
-        &json!({"model": "up/m:online", "messages": [{"role": "user", "content": "x"}]}),
-    )
-    .await;
-    assert_eq!(reply.status(), 503);
-    let e: Value = reply.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "web_search_not_configured");
+    // Twice with one Idempotency-Key: the refusal claims nothing, so the
+    // second try is refused the same way, not as a request in flight.
+    for _ in 0..2 {
+        let reply = crate::support::client()
+            .post(gw.url("/api/v1/chat/completions"))
+            .header("idempotency-key", "search-1")
+            .json(&json!({"model": "up/m:online", "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 503);
+        let e: Value = reply.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "web_search_not_configured");
+    }
 }
