@@ -19,6 +19,7 @@
 //! - `store`: persistence behind one trait per concern (SQLite by default,
 //!   Postgres for several instances).
 //! - `search`: web search backends and citations.
+//! - `mcp`: the MCP client (groundwork: not used by requests yet).
 //! - `dates`: calendar dates from Unix time.
 //! - `telemetry`: logging setup.
 
@@ -31,6 +32,7 @@ pub mod dates;
 pub mod gateway;
 pub mod http;
 pub mod keys_cli;
+pub mod mcp;
 pub mod metrics;
 pub mod middleware;
 pub mod providers;

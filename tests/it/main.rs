@@ -16,6 +16,7 @@ mod keys;
 mod keys_cli;
 mod limiter_contract;
 mod limits;
+mod mcp;
 mod mock;
 mod models;
 mod multi_instance;
