@@ -237,18 +237,22 @@ impl Searched {
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens}})
     }
 
-    /// The final completion with its citations as `message.annotations`
-    /// and the usage of every round.
-    pub fn chat_completion(&self) -> Value {
-        let mut c = self.completion.clone();
-        let annotations: Vec<Value> = self
-            .citations()
+    /// The citations as Chat Completions annotations.
+    fn chat_annotations(&self) -> Vec<Value> {
+        self.citations()
             .into_iter()
             .map(|a| {
                 json!({"type": "url_citation", "url_citation": {
                 "start_index": a.start, "end_index": a.end, "url": a.url, "title": a.title}})
             })
-            .collect();
+            .collect()
+    }
+
+    /// The final completion with its citations as `message.annotations`
+    /// and the usage of every round.
+    pub fn chat_completion(&self) -> Value {
+        let mut c = self.completion.clone();
+        let annotations = self.chat_annotations();
         if let Some(m) = c
             .pointer_mut("/choices/0/message")
             .and_then(Value::as_object_mut)
@@ -314,7 +318,7 @@ impl Searched {
                 out.push(frame(&chunk(json!({"tool_calls": [call]}), Value::Null)));
             }
         }
-        let annotations = self.chat_completion()["choices"][0]["message"]["annotations"].clone();
+        let annotations = self.chat_annotations();
         let finish = c["choices"][0]["finish_reason"].clone();
         out.push(frame(&chunk(json!({"annotations": annotations}), finish)));
         if wants_usage {

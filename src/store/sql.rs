@@ -90,7 +90,7 @@ pub(super) fn usage_from_row<R: SqlRow>(row: &R) -> UsageRecord
 where
     for<'a> &'a str: ColumnIndex<R>,
 {
-    let count = |name: &str| row.int(name).max(0) as u64;
+    let count = |name: &str| count(row, name);
     UsageRecord {
         hold_id: row.text("hold_id"),
         request_id: row.text("request_id"),
