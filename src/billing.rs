@@ -169,6 +169,7 @@ impl Billing {
             banked_cost: 0,
             searches: 0,
             search_cost: 0,
+            mcp_calls: 0,
             sent: false,
             _permit: permit,
             settled: false,
@@ -185,11 +186,19 @@ impl Billing {
 }
 
 fn insufficient(spec: &ChargeSpec, needed: NanoUsd, balance: NanoUsd) -> GatewayError {
+    let rounds = if spec.extra_hold > 0 {
+        format!(
+            ", and {} USD for the further model rounds and tool calls or searches it may run (a lower max_tool_calls needs less)",
+            usd_string(spec.extra_hold)
+        )
+    } else {
+        String::new()
+    };
     GatewayError::new(
         ErrorKind::InsufficientCredits,
         "insufficient_credits",
         format!(
-            "This request may cost up to {} USD ({} prompt tokens, estimated, plus up to {} output tokens of {}), but the key has {} USD available. Top up the key, or lower max_tokens to need less.",
+            "This request may cost up to {} USD ({} prompt tokens, estimated, plus up to {} output tokens of {}{rounds}), but the key has {} USD available. Top up the key, or lower max_tokens to need less.",
             usd_string(needed),
             spec.prompt_estimate,
             spec.max_output_tokens,
@@ -216,6 +225,8 @@ pub struct Charge {
     /// Web searches run for the request, and what they cost.
     searches: u32,
     search_cost: NanoUsd,
+    /// MCP tool calls run for the request.
+    mcp_calls: u32,
     sent: bool,
     /// The key's concurrency slot, given back when the charge goes.
     _permit: Permit,
@@ -290,6 +301,11 @@ impl Charge {
             .saturating_add(self.banked_cost)
             .saturating_add(self.search_cost);
         self.pricing.cap.map_or(raw, |cap| raw.min(cap))
+    }
+
+    /// An MCP tool call ran for the request.
+    pub fn add_mcp_call(&mut self) {
+        self.mcp_calls += 1;
     }
 
     /// A web search ran for the request, at `price`.
@@ -376,6 +392,7 @@ impl Charge {
                 cancelled,
                 created_at: now_ms(),
                 searches: self.searches,
+                mcp_calls: self.mcp_calls,
             },
             key: spec.key.clone(),
             tokens: u.prompt_tokens + u.completion_tokens,

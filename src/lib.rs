@@ -19,7 +19,7 @@
 //! - `store`: persistence behind one trait per concern (SQLite by default,
 //!   Postgres for several instances).
 //! - `search`: web search backends and citations.
-//! - `mcp`: the MCP client (groundwork: not used by requests yet).
+//! - `mcp`: the MCP client (rmcp; the SSRF guard).
 //! - `dates`: calendar dates from Unix time.
 //! - `telemetry`: logging setup.
 

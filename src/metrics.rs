@@ -96,6 +96,11 @@ pub fn search(backend: &'static str, outcome: &'static str) {
     counter!("mume_web_searches_total", "backend" => backend, "outcome" => outcome).increment(1);
 }
 
+/// An MCP operation the gateway ran (`list` or `call`; `ok` or `error`).
+pub fn mcp(op: &'static str, outcome: &'static str) {
+    counter!("mume_mcp_operations_total", "op" => op, "outcome" => outcome).increment(1);
+}
+
 /// A fallback model from `models` was tried.
 pub fn fallback(model: &str) {
     counter!("mume_fallbacks_total", "model" => model.to_string()).increment(1);

@@ -9,6 +9,7 @@ use crate::accounts::{Accounts, AdminSecret, KeySpec};
 use crate::billing::{sweep_forever, Billing};
 use crate::config::{Config, StoreConfig};
 use crate::gateway::catalog::Catalog;
+use crate::gateway::mcp::run::McpSetup;
 use crate::gateway::responses::purge_forever;
 use crate::gateway::router::Router;
 use crate::gateway::{Gateway, GatewayParts};
@@ -116,12 +117,13 @@ impl AppState {
                 .web_search
                 .as_ref()
                 .map(|w| Arc::new(Searcher::build(w, env))),
+            mcp: Arc::new(McpSetup::build(&config.mcp, env)),
         });
         let admin = env(ADMIN_KEY_ENV)
             .filter(|s| !s.is_empty())
             .map(|s| AdminSecret::new(&s));
         let state = Self {
-            gateway: Arc::new(gateway),
+            gateway,
             accounts: Arc::new(Accounts::new(store, admin)),
             body_limit: server.body_limit_bytes,
             header_limits: HeaderLimits {

@@ -14,7 +14,8 @@ use tracing_subscriber::EnvFilter;
 pub fn init() {
     let filter = EnvFilter::try_from_env("MUME_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        // rmcp reports every MCP session it opens and closes at info.
+        .unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
     let json = std::env::var("MUME_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let ansi = std::io::stdout().is_terminal();
     let builder = tracing_subscriber::fmt()

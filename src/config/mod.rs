@@ -5,6 +5,7 @@
 //! `Config`. Secrets are never in the file: a provider names the environment
 //! variable holding its key, and the key is read when providers are built.
 
+mod mcp;
 mod money;
 mod raw;
 
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use mcp::{McpConfig, McpServerConfig};
 pub use money::{parse_signed_usd, parse_usd, per_token_usd_string, usd_string, NanoUsd};
 use raw::{
     RawConfig, RawEndpoint, RawKeys, RawModel, RawProvider, RawRateLimit, RawRouting, RawServer,
@@ -37,6 +39,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// The search backend for `web_search`; `None`: web search is off.
     pub web_search: Option<crate::search::SearchConfig>,
+    /// MCP tools run by the gateway.
+    pub mcp: McpConfig,
 }
 
 /// Where rate limits live.
@@ -408,6 +412,7 @@ fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>
         routing,
         rate_limit,
         web_search,
+        mcp: mcp::validate(&raw.mcp, &mut check),
     }
 }
 

@@ -23,6 +23,35 @@ pub struct RawConfig {
     #[serde(default)]
     pub rate_limit: RawRateLimit,
     pub web_search: Option<RawWebSearch>,
+    #[serde(default)]
+    pub mcp: RawMcp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMcp {
+    pub timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub cache_ttl: Option<String>,
+    pub max_rounds: Option<u64>,
+    pub max_response_bytes: Option<u64>,
+    pub max_output_chars: Option<u64>,
+    pub allow_private: Option<bool>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    pub allow_request_servers: Option<bool>,
+    #[serde(default)]
+    pub servers: Vec<RawMcpServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMcpServer {
+    pub label: Option<String>,
+    pub url: Option<String>,
+    /// Header name → the environment variable holding its value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,9 @@
 
 pub mod catalog;
 pub mod error;
+pub mod finished;
 pub mod json;
+pub mod mcp;
 pub mod record;
 pub mod relay;
 pub mod request;
@@ -19,7 +21,7 @@ pub mod router;
 pub mod websearch;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -89,6 +91,11 @@ pub struct Gateway {
     responses_retention: Duration,
     /// The web search backend, if the operator configured one.
     searcher: Option<Arc<Searcher>>,
+    /// The MCP client and the servers the operator registered.
+    mcp: Arc<mcp::run::McpSetup>,
+    /// The gateway itself, for streams that outlive the call that made
+    /// them and keep calling it (MCP rounds).
+    me: Weak<Gateway>,
 }
 
 /// What `Gateway::new` is built from.
@@ -104,11 +111,12 @@ pub struct GatewayParts {
     pub max_stream_duration: Duration,
     pub responses_retention: Duration,
     pub searcher: Option<Arc<Searcher>>,
+    pub mcp: Arc<mcp::run::McpSetup>,
 }
 
 impl Gateway {
-    pub fn new(parts: GatewayParts) -> Self {
-        Self {
+    pub fn new(parts: GatewayParts) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             catalog: parts.catalog,
             providers: parts.providers,
             router: parts.router,
@@ -120,7 +128,9 @@ impl Gateway {
             max_stream_duration: parts.max_stream_duration,
             responses_retention: parts.responses_retention,
             searcher: parts.searcher,
-        }
+            mcp: parts.mcp,
+            me: me.clone(),
+        })
     }
 
     /// One Chat Completions request.
@@ -132,6 +142,17 @@ impl Gateway {
     ) -> Result<ChatOutcome, GatewayError> {
         let mut request = ChatRequest::parse(body)?;
         request.web_search = websearch::take_from_chat(&mut request.body, &mut request.model)?;
+        let tools = mcp::take_tools(&mut request.body, true)?;
+        if !tools.is_empty() {
+            // `max_tool_calls` as in the Responses API (an extension here).
+            let max_tool_calls = request::optional_count(&request.body, "max_tool_calls")?;
+            request.body.remove("max_tool_calls");
+            request.mcp = Some(mcp::McpRequest {
+                tools,
+                max_tool_calls,
+                ..Default::default()
+            });
+        }
         self.run(request, body, ctx, caller).await
     }
 
@@ -252,6 +273,17 @@ impl Gateway {
                 }
             },
         };
+        let mcp_run = match request.mcp.take() {
+            None => None,
+            Some(_) if search.is_some() => {
+                return Err(GatewayError::bad_request(
+                    "invalid_request",
+                    "This gateway runs web search and MCP tools in separate requests: send one or the other.",
+                    Some("tools"),
+                ))
+            }
+            Some(m) => Some(self.mcp.resolve(m, key).await?),
+        };
         let idempotency_key = match &caller.idempotency_key {
             None => None,
             Some(idem) => match self.claim(key, idem, body, ctx).await? {
@@ -278,6 +310,21 @@ impl Gateway {
             .raw_cost(prompt_est + results, output_max);
             (round.saturating_add(searcher.price)).saturating_mul(n as i64)
         });
+        // Each MCP round after the first carries every earlier round's
+        // output and tool results (one call's worth per round, at the
+        // configured output cap of about four characters a token).
+        let mcp_hold = mcp_run.as_ref().map_or(0, |run| {
+            let pricing = Pricing {
+                prompt: prompt_price,
+                completion: completion_price,
+                cap: None,
+            };
+            let per_round = self.mcp.config.max_output_chars as u64 / 4 + output_max;
+            (1..u64::from(self.mcp.max_rounds(run)))
+                .map(|r| pricing.raw_cost(prompt_est + r * per_round, output_max))
+                .fold(0i64, i64::saturating_add)
+        });
+        let extra_hold = extra_hold.saturating_add(mcp_hold);
         let spec = ChargeSpec {
             key: key.clone(),
             request_id: ctx.request_id.clone(),
@@ -293,12 +340,13 @@ impl Gateway {
         };
         let mut charge = self.billing.open(spec, permit).await?;
         self.router.on_request();
-        let reply = match &search {
-            None => self.attempts(&mut request, &plan, ctx, &mut charge).await,
-            Some((ws, searcher)) => {
+        let reply = match (&search, mcp_run) {
+            (Some((ws, searcher)), _) => {
                 self.searched(&request, ws, searcher, &plan, ctx, &mut charge)
                     .await
             }
+            (None, Some(run)) => self.mcp_reply(&request, run, &plan, ctx, &mut charge).await,
+            (None, None) => self.attempts(&mut request, &plan, ctx, &mut charge).await,
         };
         match reply {
             Ok(Reply::Complete(bytes)) => {
@@ -494,11 +542,7 @@ impl Gateway {
             .await?;
         let model = done.completion["model"].as_str().unwrap_or("").to_string();
         ctx.record.update(|r| {
-            r.usage = Some(Usage {
-                prompt_tokens: done.prompt_tokens,
-                completion_tokens: done.completion_tokens,
-                cached_tokens: done.cached_tokens,
-            });
+            r.usage = Some(done.tokens);
             r.outcome = Outcome::Completed;
         });
         let cost = usd_string(charge.cost_so_far());
@@ -554,9 +598,7 @@ impl Gateway {
         let mut done = Searched {
             completion: Value::Null,
             calls: Vec::new(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cached_tokens: 0,
+            tokens: Usage::default(),
         };
         if !plan[0].model.calls_tools {
             // One search with the user's words, in the prompt.
@@ -573,7 +615,9 @@ impl Gateway {
             if let Some(Value::Array(messages)) = inner.body.get_mut("messages") {
                 messages.insert(0, json!({"role": "system", "content": context}));
             }
-            done.completion = self.round(inner, plan, ctx, charge, &mut done).await?;
+            done.completion = self
+                .round(inner, plan, ctx, charge, &mut done.tokens)
+                .await?;
             return Ok(done);
         }
         let (name, tool) = websearch::search_function(&inner.body);
@@ -588,16 +632,10 @@ impl Gateway {
             if !last {
                 tools.push(tool.clone());
             }
-            if tools.is_empty() {
-                inner.body.remove("tools");
-                inner.body.remove("tool_choice");
-            } else {
-                inner.body.insert("tools".into(), Value::Array(tools));
-                if let Some(choice) = &client_choice {
-                    inner.body.insert("tool_choice".into(), choice.clone());
-                }
-            }
-            let completion = self.round(inner, plan, ctx, charge, &mut done).await?;
+            inner.offer(tools, client_choice.as_ref());
+            let completion = self
+                .round(inner, plan, ctx, charge, &mut done.tokens)
+                .await?;
             let message = completion["choices"][0]["message"].clone();
             let calls: Vec<Value> = message
                 .get("tool_calls")
@@ -678,15 +716,16 @@ impl Gateway {
         }
     }
 
-    /// One non-streamed model call of a searching request, billed with the
-    /// rest; its tokens join the totals.
+    /// One non-streamed model call of a request the gateway answers in
+    /// rounds (web search, MCP tools), billed with the rest; its tokens join
+    /// `tokens`.
     async fn round(
         &self,
         inner: &mut ChatRequest,
         plan: &[Candidate],
         ctx: &RequestContext,
         charge: &mut Charge,
-        done: &mut Searched,
+        tokens: &mut Usage,
     ) -> Result<Value, GatewayError> {
         let bytes = match self.attempts(inner, plan, ctx, charge).await? {
             Reply::Complete(bytes) => bytes,
@@ -699,9 +738,9 @@ impl Gateway {
         let usage = charge.current_usage();
         charge.bank_round();
         if let Some(u) = usage {
-            done.prompt_tokens += u.prompt_tokens;
-            done.completion_tokens += u.completion_tokens;
-            done.cached_tokens += u.cached_tokens;
+            tokens.prompt_tokens += u.prompt_tokens;
+            tokens.completion_tokens += u.completion_tokens;
+            tokens.cached_tokens += u.cached_tokens;
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             GatewayError::internal(format!("a search round's answer is not JSON: {e}"))

@@ -35,6 +35,8 @@ pub struct ChatRequest {
     pub image_at: Option<String>,
     /// Web search the request asks for (`gateway::websearch`).
     pub web_search: Option<super::websearch::WebSearch>,
+    /// MCP tools the gateway runs for it (`gateway::mcp`).
+    pub mcp: Option<super::mcp::McpRequest>,
     /// A Responses API request: `body` is in the Responses shape, and this
     /// says how to serve it (`responses::Job`).
     pub responses: Option<std::sync::Arc<super::responses::Job>>,
@@ -112,8 +114,23 @@ impl ChatRequest {
             fallbacks,
             prefs,
             web_search: None,
+            mcp: None,
             responses: None,
         })
+    }
+
+    /// Offers `tools` for the next round of a request the gateway answers
+    /// in rounds, with the client's `choice` (none: no tools at all).
+    pub fn offer(&mut self, tools: Vec<Value>, choice: Option<&Value>) {
+        if tools.is_empty() {
+            self.body.remove("tools");
+            self.body.remove("tool_choice");
+        } else {
+            self.body.insert("tools".into(), Value::Array(tools));
+            if let Some(choice) = choice {
+                self.body.insert("tool_choice".into(), choice.clone());
+            }
+        }
     }
 
     /// The body for one upstream attempt: the endpoint's model name, and

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::error::GatewayError;
-use super::relay::{frame, DONE_FRAME};
+use super::finished::{chat_frames, chat_usage, response_events};
+use super::record::Usage;
 use super::responses::stream::{Event, ResponseStream};
 use super::responses::translate::{to_response, ResponseMeta};
 use crate::search::cite::{citations, results_block, Citation};
@@ -203,9 +204,7 @@ pub struct Searched {
     pub completion: Value,
     pub calls: Vec<SearchCall>,
     /// Token totals over the rounds.
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cached_tokens: u64,
+    pub tokens: Usage,
 }
 
 impl Searched {
@@ -232,9 +231,7 @@ impl Searched {
 
     /// The Chat Completions `usage` over every round.
     pub fn usage(&self) -> Value {
-        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens}})
+        chat_usage(&self.tokens)
     }
 
     /// The citations as Chat Completions annotations.
@@ -264,27 +261,6 @@ impl Searched {
     }
 }
 
-/// A finished answer's text in stream-sized pieces (a few words each).
-fn pieces(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut words = 0;
-    for c in text.chars() {
-        current.push(c);
-        if c.is_whitespace() {
-            words += 1;
-            if words == 4 {
-                out.push(std::mem::take(&mut current));
-                words = 0;
-            }
-        }
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
-}
-
 impl Searched {
     fn url_citations(&self) -> Vec<Value> {
         self.citations()
@@ -298,41 +274,14 @@ impl Searched {
     /// `delta.annotations`), the usage chunk if asked for (`cost`, exact
     /// USD), then `[DONE]`.
     pub fn chat_frames(&self, wants_usage: bool, cost: &str) -> Vec<Bytes> {
-        let c = &self.completion;
-        let chunk = |delta: Value, finish: Value| {
-            json!({"id": c["id"], "object": "chat.completion.chunk", "created": c["created"], "model": c["model"],
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-        };
-        let message = &c["choices"][0]["message"];
-        let mut out = vec![frame(&chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        ))];
-        for piece in pieces(&self.text()) {
-            out.push(frame(&chunk(json!({"content": piece}), Value::Null)));
-        }
-        if let Some(Value::Array(calls)) = message.get("tool_calls") {
-            for (i, call) in calls.iter().enumerate() {
-                let mut call = call.clone();
-                call["index"] = json!(i);
-                out.push(frame(&chunk(json!({"tool_calls": [call]}), Value::Null)));
-            }
-        }
-        let annotations = self.chat_annotations();
-        let finish = c["choices"][0]["finish_reason"].clone();
-        out.push(frame(&chunk(json!({"annotations": annotations}), finish)));
-        if wants_usage {
+        let usage = wants_usage.then(|| {
             let mut usage = self.usage();
             if let Ok(cost) = serde_json::from_str::<Value>(cost) {
                 usage["cost"] = cost;
             }
-            out.push(frame(
-                &json!({"id": c["id"], "object": "chat.completion.chunk", "created": c["created"],
-                "model": c["model"], "choices": [], "usage": usage}),
-            ));
-        }
-        out.push(Bytes::from_static(DONE_FRAME));
-        out
+            usage
+        });
+        chat_frames(&self.completion, Some(self.chat_annotations()), usage)
     }
 
     fn completion_with_usage(&self) -> Value {
@@ -383,21 +332,12 @@ impl Searched {
             let urls: Vec<String> = call.results.iter().map(|r| r.url.clone()).collect();
             events.extend(stream.web_search_call(&call.query, &urls));
         }
-        let chunk = |delta: Value| json!({"choices": [{"index": 0, "delta": delta}]});
-        for piece in pieces(&self.text()) {
-            events.extend(stream.on_chunk(&chunk(json!({"content": piece}))));
-        }
-        events.extend(stream.annotate(self.url_citations()));
-        let message = &self.completion["choices"][0]["message"];
-        if let Some(Value::Array(calls)) = message.get("tool_calls") {
-            for (i, call) in calls.iter().enumerate() {
-                let mut call = call.clone();
-                call["index"] = json!(i);
-                events.extend(stream.on_chunk(&chunk(json!({"tool_calls": [call]}))));
-            }
-        }
-        let finish = self.completion["choices"][0]["finish_reason"].clone();
-        events.extend(stream.on_chunk(&json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}], "usage": self.usage()})));
+        events.extend(response_events(
+            &mut stream,
+            &self.completion,
+            self.url_citations(),
+            &self.usage(),
+        ));
         let (last, response) = stream.finish();
         events.extend(last);
         (events, response)

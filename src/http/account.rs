@@ -142,6 +142,8 @@ pub async fn generation(
         outcome: String,
         /// Web searches run for the request (their price is in total_cost).
         num_searches: u32,
+        /// MCP tool calls the gateway ran for the request.
+        num_mcp_calls: u32,
     }
     #[derive(Serialize)]
     struct Out {
@@ -161,6 +163,7 @@ pub async fn generation(
             streamed: record.streamed,
             cancelled: record.cancelled,
             num_searches: record.searches,
+            num_mcp_calls: record.mcp_calls,
             status: record.status,
             outcome: record.outcome,
         },

@@ -1,17 +1,20 @@
-//! The gateway as an MCP client (issue 9, groundwork: tested, not used by
-//! requests yet), on the official Rust SDK, `rmcp`, over the Streamable
-//! HTTP transport (rmcp 0.11 dropped the legacy HTTP+SSE one).
+//! The gateway as an MCP client, on the official Rust SDK, `rmcp`.
 //!
-//! - `Guard` refuses server URLs the gateway must never reach (SSRF): not
-//!   http(s), or a host that resolves to a loopback, private, link-local,
-//!   shared, multicast or unspecified address, unless the operator allows
-//!   private addresses.
+//! - `guard.rs`: which server addresses may be reached (SSRF), and the
+//!   resolver and redirect policy that pin every connection to checked
+//!   addresses.
+//! - `legacy.rs`: the legacy HTTP+SSE transport, tried when a server does
+//!   not speak Streamable HTTP.
 //! - `McpClient::list_tools` lists a server's tools (every page), and
-//!   `call` runs one; each within a time limit. Lists are cached per server
-//!   (URL and headers) for a short TTL.
+//!   `call` runs one; each within a time limit, over a fresh session (the
+//!   initialize handshake; session ids are the transport's business).
+//!   Lists are cached per server (URL and headers) for a short TTL.
+//!   Responses are bounded in size (`max_response_bytes`).
+
+pub mod guard;
+mod legacy;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,8 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ServiceExt;
 use serde_json::{json, Map, Value};
+
+pub use guard::Guard;
 
 /// A server a request names, with the headers it asked to send.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,6 +51,8 @@ pub struct McpOutput {
     pub text: String,
     /// The server said the call failed (`isError`).
     pub is_error: bool,
+    /// Every content part, as the server sent it.
+    pub content: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,82 +65,68 @@ pub enum McpError {
     Failed(String),
 }
 
-/// Which server addresses may be reached.
-#[derive(Debug, Clone, Copy)]
-pub struct Guard {
-    /// Allow loopback and private addresses (a gateway that serves MCP
-    /// servers on its own network; tests).
-    pub allow_private: bool,
+/// A server label as OpenAI accepts it: 1 to 64 letters, digits, `_` or
+/// `-`.
+pub fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Whether an address is one a request must never make the gateway reach.
-fn internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| internal(IpAddr::V4(v4)))
-        }
-    }
+/// The client's limits.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    /// Per connection + list or call.
+    pub timeout: Duration,
+    /// How long a tool list is reused.
+    pub ttl: Duration,
+    /// The most bytes one server message may have.
+    pub max_response_bytes: usize,
 }
 
-impl Guard {
-    /// Checks a server URL: http(s), and every address its host resolves
-    /// to is public (unless private ones are allowed).
-    pub async fn check(&self, url: &str) -> Result<(), McpError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| McpError::Refused(format!("{url:?} is not a URL ({e})")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(McpError::Refused(format!("{url:?} is not an http(s) URL")));
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(McpError::Refused(
-                "credentials in the URL are not accepted; use `authorization` or `headers`".into(),
-            ));
-        }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| McpError::Refused(format!("{url:?} has no host")))?
-            .trim_matches(['[', ']']);
-        let port = parsed.port_or_known_default().unwrap_or(443);
-        if self.allow_private {
-            return Ok(());
-        }
-        let addrs: Vec<IpAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| McpError::Refused(format!("{host} does not resolve ({e})")))?
-            .map(|a| a.ip())
-            .collect();
-        match addrs.iter().find(|ip| internal(**ip)) {
-            Some(ip) => Err(McpError::Refused(format!(
-                "{host} resolves to {ip}, an internal address the gateway does not reach"
-            ))),
-            None if addrs.is_empty() => Err(McpError::Refused(format!("{host} does not resolve"))),
-            None => Ok(()),
+/// An rmcp error message without the Rust type names it carries in
+/// brackets (`Transport [rmcp::…<…>] error`).
+fn tidy(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut depth = 0usize;
+    let mut bracketed = String::new();
+    for c in message.chars() {
+        match c {
+            '[' => {
+                depth += 1;
+                if depth > 1 {
+                    bracketed.push(c);
+                }
+            }
+            ']' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    if !bracketed.contains("::") {
+                        out.push('[');
+                        out.push_str(&bracketed);
+                        out.push(']');
+                    } else if out.ends_with(' ') {
+                        out.pop();
+                    }
+                    bracketed.clear();
+                } else {
+                    bracketed.push(c);
+                }
+            }
+            _ if depth > 0 => bracketed.push(c),
+            _ => out.push(c),
         }
     }
+    out
 }
 
 /// Lists cached for `ttl`, per server.
 pub struct McpClient {
     guard: Guard,
+    http: reqwest_mcp::Client,
+    limits: ClientLimits,
     timeout: Duration,
     ttl: Duration,
     cache: Mutex<HashMap<McpServer, (Instant, Vec<McpTool>)>>,
@@ -141,38 +134,127 @@ pub struct McpClient {
 
 type Session = rmcp::service::RunningService<rmcp::RoleClient, ()>;
 
+/// Headers no request may set on the server: the transport's own, and
+/// those that would change where or how the request goes.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-authorization",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+
 impl McpClient {
-    pub fn new(guard: Guard, timeout: Duration, ttl: Duration) -> Self {
+    pub fn new(guard: Guard, limits: ClientLimits) -> Self {
+        let http = reqwest_mcp::Client::builder()
+            .dns_resolver(guard::Resolver::shared(guard.clone()))
+            .redirect(guard.redirects())
+            .no_proxy()
+            .connect_timeout(limits.timeout)
+            .tcp_nodelay(true)
+            .build()
+            .expect("the MCP HTTP client builds");
         Self {
             guard,
-            timeout,
-            ttl,
+            http,
+            timeout: limits.timeout,
+            ttl: limits.ttl,
+            limits,
             cache: Mutex::default(),
         }
     }
 
-    /// Connects and runs the initialize handshake (session ids are the
-    /// transport's business).
-    async fn connect(&self, server: &McpServer) -> Result<Session, McpError> {
-        self.guard.check(&server.url).await?;
-        let mut headers = HashMap::new();
+    /// The address rules every connection follows.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// The request's headers, checked; the bearer token among them.
+    fn headers(server: &McpServer) -> Result<reqwest_mcp::header::HeaderMap, McpError> {
+        use reqwest_mcp::header::{HeaderName, HeaderValue};
+        let mut headers = reqwest_mcp::header::HeaderMap::new();
         for (name, value) in &server.headers {
-            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| McpError::Refused(format!("header {name:?}: {e}")))?;
-            let value = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|e| McpError::Refused(format!("header value: {e}")))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| McpError::Refused(format!("{name:?} is not a header name")))?;
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(McpError::Refused(format!(
+                    "the header {name} is set by the gateway, not by a request"
+                )));
+            }
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                McpError::Refused(format!("the value of header {name} is not valid"))
+            })?;
             headers.insert(name, value);
         }
-        let mut config = StreamableHttpClientTransportConfig::with_uri(server.url.as_str())
-            .custom_headers(headers);
-        if let Some(token) = &server.authorization {
-            config = config.auth_header(token.trim_start_matches("Bearer ").to_string());
-        }
-        let transport = StreamableHttpClientTransport::from_config(config);
-        tokio::time::timeout(self.timeout, ().serve(transport))
+        Ok(headers)
+    }
+
+    /// Connects and runs the initialize handshake: over Streamable HTTP,
+    /// else (a server that refuses it) over the legacy HTTP+SSE transport.
+    async fn connect(&self, server: &McpServer) -> Result<Session, McpError> {
+        self.guard.check(&server.url).await?;
+        let mut headers = Self::headers(server)?;
+        let token = server
+            .authorization
+            .as_deref()
+            .map(|t| t.trim_start_matches("Bearer ").to_string());
+        let config = StreamableHttpClientTransportConfig::with_uri(server.url.as_str())
+            .custom_headers(
+                headers
+                    .clone()
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k?, v)))
+                    .collect(),
+            )
+            .max_sse_event_size(self.limits.max_response_bytes)
+            .max_json_response_size(self.limits.max_response_bytes);
+        let config = match &token {
+            Some(t) => config.auth_header(t.clone()),
+            None => config,
+        };
+        let transport = StreamableHttpClientTransport::with_client(self.http.clone(), config);
+        let streamable = tokio::time::timeout(self.timeout, ().serve(transport))
             .await
-            .map_err(|_| McpError::Timeout(self.timeout))?
-            .map_err(|e| McpError::Failed(e.to_string()))
+            .map_err(|_| McpError::Timeout(self.timeout))?;
+        let first_error = match streamable {
+            Ok(session) => return Ok(session),
+            Err(e) => tidy(&e.to_string()),
+        };
+        if let Some(t) = &token {
+            let value = reqwest_mcp::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| {
+                    McpError::Refused("the authorization token is not a valid header value".into())
+                })?;
+            headers.insert(reqwest_mcp::header::AUTHORIZATION, value);
+        }
+        let url =
+            reqwest_mcp::Url::parse(&server.url).map_err(|e| McpError::Refused(e.to_string()))?;
+        let legacy = async {
+            let transport =
+                legacy::LegacySse::open(&self.http, &url, headers, self.limits.max_response_bytes)
+                    .await?;
+            ().serve(transport)
+                .await
+                .map_err(|e| McpError::Failed(e.to_string()))
+        };
+        match tokio::time::timeout(self.timeout, legacy).await {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(McpError::Refused(r))) => Err(McpError::Refused(r)),
+            Ok(Err(McpError::Failed(e))) => Err(McpError::Failed(format!(
+                "over Streamable HTTP: {first_error}; over legacy HTTP+SSE: {e}"
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(McpError::Timeout(self.timeout)),
+        }
     }
 
     /// The server's tools, every page, from the cache when fresh.
@@ -233,41 +315,18 @@ impl McpClient {
         Ok(McpOutput {
             text: text.join("\n"),
             is_error: result.is_error.unwrap_or(false),
+            content: serde_json::to_value(&result.content).unwrap_or(json!([])),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn internal_addresses_and_other_schemes_are_refused() {
-        let guard = Guard {
-            allow_private: false,
-        };
-        for url in [
-            "http://127.0.0.1:8080/mcp",
-            "http://10.1.2.3/mcp",
-            "http://192.168.0.1/",
-            "http://169.254.169.254/latest/meta-data",
-            "http://[::1]/mcp",
-            "http://[fd00::1]/mcp",
-            "http://100.64.0.1/",
-            "http://0.0.0.0/",
-            "http://localhost/mcp",
-            "file:///etc/passwd",
-            "http://user:pass@example.com/",
-        ] {
-            assert!(guard.check(url).await.is_err(), "{url}");
-        }
-        assert!(Guard {
-            allow_private: true
-        }
-        .check("http://127.0.0.1:1/mcp")
-        .await
-        .is_ok());
-        assert!(internal("::ffff:10.0.0.1".parse().unwrap()));
-        assert!(!internal("93.184.216.34".parse().unwrap()));
+    #[test]
+    fn error_messages_lose_rust_type_names() {
+        assert_eq!(
+            super::tidy("Send message error Transport [rmcp::a::B<c::D>] error: HTTP 404 [x]"),
+            "Send message error Transport error: HTTP 404 [x]"
+        );
     }
 }

@@ -9,7 +9,7 @@ pub mod anthropic;
 pub mod error;
 pub mod mock;
 pub mod openai;
-mod sse;
+pub(crate) mod sse;
 pub mod transport;
 
 use std::collections::HashMap;

@@ -15,15 +15,29 @@ use super::{EventStream, ProviderError};
 pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// Counts bytes since the last blank line (the end of an event).
-#[derive(Default)]
-struct EventSizeGuard {
+pub(crate) struct EventSizeGuard {
     since_boundary: usize,
     after_newline: bool,
+    limit: usize,
+}
+
+impl Default for EventSizeGuard {
+    fn default() -> Self {
+        Self::new(MAX_EVENT_BYTES)
+    }
 }
 
 impl EventSizeGuard {
-    /// Returns false once an event has grown past `MAX_EVENT_BYTES`.
-    fn admit(&mut self, chunk: &[u8]) -> bool {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            since_boundary: 0,
+            after_newline: false,
+            limit,
+        }
+    }
+
+    /// Returns false once an event has grown past the limit.
+    pub(crate) fn admit(&mut self, chunk: &[u8]) -> bool {
         for &b in chunk {
             match b {
                 b'\n' if self.after_newline => self.since_boundary = 0,
@@ -35,7 +49,7 @@ impl EventSizeGuard {
                 }
             }
         }
-        self.since_boundary <= MAX_EVENT_BYTES
+        self.since_boundary <= self.limit
     }
 }
 

@@ -158,6 +158,8 @@ pub struct UsageRecord {
     pub created_at: i64,
     /// Web searches run for the request (their price is in `cost`).
     pub searches: u32,
+    /// MCP tool calls the gateway ran for the request.
+    pub mcp_calls: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -249,8 +249,8 @@ const SETTLE: &str = "WITH gone AS (
 )
 INSERT INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens, completion_tokens,
                    cached_tokens, cost, status, outcome, latency_ms, streamed, cancelled, created_at,
-                   searches)
-VALUES ($1, $3, $5, $6, $7, $8, $9, $10, $2, $11, $12, $13, $14, $15, $4, $16)
+                   searches, mcp_calls)
+VALUES ($1, $3, $5, $6, $7, $8, $9, $10, $2, $11, $12, $13, $14, $15, $4, $16, $17)
 ON CONFLICT (hold_id) DO NOTHING";
 
 /// Holds past their expiry, resolved in one statement: never sent, given
@@ -321,6 +321,7 @@ impl CreditStore for PgStore {
             .bind(i64::from(u.streamed))
             .bind(i64::from(u.cancelled))
             .bind(i64::from(u.searches))
+            .bind(i64::from(u.mcp_calls))
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;

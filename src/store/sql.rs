@@ -108,6 +108,7 @@ where
         cancelled: row.int("cancelled") != 0,
         created_at: row.int("created_at"),
         searches: u32::try_from(count("searches")).unwrap_or(u32::MAX),
+        mcp_calls: u32::try_from(count("mcp_calls")).unwrap_or(u32::MAX),
     }
 }
 

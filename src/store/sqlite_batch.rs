@@ -72,13 +72,13 @@ macro_rules! settlements {
 DELETE FROM holds WHERE hold_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1, '$.settle'));
 INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
                              completion_tokens, cached_tokens, cost, status, outcome, latency_ms,
-                             streamed, cancelled, created_at, searches)
+                             streamed, cancelled, created_at, searches, mcp_calls)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
            json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
            json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'),
            json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'),
-           json_extract(value, '$[15]')
+           json_extract(value, '$[15]'), json_extract(value, '$[16]')
     FROM json_each(?1, '$.usage');\n"
         )
     };
@@ -141,7 +141,7 @@ struct Job {
 }
 
 enum Msg {
-    Job(Job),
+    Job(Box<Job>),
     /// Close the connection and stop; later operations fail as unavailable.
     Close(oneshot::Sender<()>),
 }
@@ -166,7 +166,7 @@ impl Batcher {
     pub async fn submit(&self, op: Op) -> StoreResult<Done> {
         let (reply, done) = oneshot::channel();
         self.queue
-            .send(Msg::Job(Job { op, reply }))
+            .send(Msg::Job(Box::new(Job { op, reply })))
             .map_err(|_| closed())?;
         done.await.map_err(|_| closed())?
     }
@@ -174,7 +174,7 @@ impl Batcher {
     /// Queues an operation without waiting for it.
     pub fn submit_detached(&self, op: Op) {
         let (reply, _) = oneshot::channel();
-        let _ = self.queue.send(Msg::Job(Job { op, reply }));
+        let _ = self.queue.send(Msg::Job(Box::new(Job { op, reply })));
     }
 
     pub async fn close(&self) {
@@ -192,7 +192,7 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut close = None;
         for msg in msgs.drain(..) {
             match msg {
-                Msg::Job(job) => jobs.push(job),
+                Msg::Job(job) => jobs.push(*job),
                 Msg::Close(done) => {
                     // Operations queued after the close are dropped: their
                     // callers see the store as unavailable.
@@ -366,7 +366,8 @@ fn usage_row(u: &UsageRecord) -> Value {
         i64::from(u.streamed),
         i64::from(u.cancelled),
         u.created_at,
-        u.searches
+        u.searches,
+        u.mcp_calls
     ])
 }
 
@@ -495,6 +496,7 @@ mod tests {
             cancelled: false,
             created_at: 2,
             searches: 0,
+            mcp_calls: 0,
         };
         let (s1, s2, h2) = tokio::join!(
             store.batch.submit(Op::Settle(usage.clone())),

@@ -17,6 +17,7 @@ mod keys_cli;
 mod limiter_contract;
 mod limits;
 mod mcp;
+mod mcp_tools;
 mod mock;
 mod models;
 mod multi_instance;

@@ -1,101 +1,30 @@
-//! The MCP client (issue 9 groundwork) against a real MCP server: rmcp's
-//! Streamable HTTP server, in process on 127.0.0.1, with two tools. Checks
-//! the listing (names, schemas), calls (output, errors), the headers a
-//! request asks for, the cache, the time limit, and the SSRF guard.
+//! The MCP client against a real MCP server: rmcp's Streamable HTTP
+//! server, in process on 127.0.0.1. Checks the listing (names, schemas),
+//! calls (output, errors), the headers a request asks for, the cache, the
+//! time limit, and the SSRF guard.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
-use mume_gateway::mcp::{Guard, McpClient, McpError, McpServer};
-use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ServerCapabilities, ServerConfig};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler};
+use mume_gateway::mcp::{ClientLimits, Guard, McpClient, McpError, McpServer};
 use serde_json::json;
 
-#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-struct AddArgs {
-    /// The first number
-    a: i64,
-    b: i64,
-}
+use crate::support::mcp_server::McpTestServer;
 
-#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-struct NapArgs {
-    ms: u64,
-}
-
-#[derive(Debug, Clone)]
-struct Tools;
-
-#[tool_router]
-impl Tools {
-    #[tool(description = "Adds two numbers")]
-    fn add(&self, Parameters(AddArgs { a, b }): Parameters<AddArgs>) -> String {
-        (a + b).to_string()
+fn limits(timeout: Duration) -> ClientLimits {
+    ClientLimits {
+        timeout,
+        ttl: Duration::from_secs(60),
+        max_response_bytes: 1 << 20,
     }
-
-    #[tool(description = "Sleeps, then answers")]
-    async fn nap(&self, Parameters(NapArgs { ms }): Parameters<NapArgs>) -> String {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        "awake".into()
-    }
-}
-
-#[tool_handler]
-impl ServerHandler for Tools {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-    }
-}
-
-/// An MCP server at `/mcp`; counts the requests that carry `x-team: a`
-/// and a bearer token `tok`.
-async fn server() -> (String, Arc<AtomicUsize>) {
-    let service = StreamableHttpService::new(
-        || Ok(Tools),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    let seen = Arc::new(AtomicUsize::new(0));
-    let count = seen.clone();
-    let app = axum::Router::new()
-        .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let count = count.clone();
-                async move {
-                    let h = req.headers();
-                    if h.get("x-team").is_some_and(|v| v == "a")
-                        && h.get("authorization").is_some_and(|v| v == "Bearer tok")
-                    {
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let r: Response = next.run(req).await;
-                    r
-                }
-            },
-        ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}/mcp"), seen)
 }
 
 fn client(timeout: Duration) -> McpClient {
     McpClient::new(
         Guard {
             allow_private: true,
+            ..Guard::default()
         },
-        timeout,
-        Duration::from_secs(60),
+        limits(timeout),
     )
 }
 
@@ -107,27 +36,40 @@ fn at(url: &str) -> McpServer {
     }
 }
 
+/// Requests that carried the test's `x-team` header and bearer token.
+fn authorized(server: &McpTestServer) -> usize {
+    server
+        .headers()
+        .iter()
+        .filter(|h| {
+            h.get("x-team").is_some_and(|v| v == "a")
+                && h.get("authorization").is_some_and(|v| v == "Bearer tok")
+        })
+        .count()
+}
+
 #[tokio::test]
 async fn tools_are_listed_called_and_cached() {
-    let (url, seen) = server().await;
+    let server = McpTestServer::start().await;
+    let url = server.url.clone();
     let c = client(Duration::from_secs(5));
     let tools = c.list_tools(&at(&url)).await.unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["add", "nap"]);
+    assert_eq!(names, ["add", "broken", "gate", "nap"]);
     let add = tools.iter().find(|t| t.name == "add").unwrap();
     assert_eq!(add.description.as_deref(), Some("Adds two numbers"));
     assert_eq!(add.input_schema["properties"]["a"]["type"], "integer");
     assert!(
-        seen.load(Ordering::SeqCst) > 0,
+        authorized(&server) > 0,
         "the request's headers and token reach the server"
     );
 
-    let before = seen.load(Ordering::SeqCst);
+    let before = server.headers().len();
     let again = c.list_tools(&at(&url)).await.unwrap();
-    assert_eq!(again.len(), 2);
+    assert_eq!(again.len(), 4);
     assert_eq!(
-        seen.load(Ordering::SeqCst),
+        server.headers().len(),
         before,
         "the second listing came from the cache"
     );
@@ -151,7 +93,7 @@ async fn tools_are_listed_called_and_cached() {
 
 #[tokio::test]
 async fn a_slow_tool_hits_the_time_limit() {
-    let (url, _) = server().await;
+    let url = McpTestServer::start().await.url;
     let c = client(Duration::from_millis(300));
     let slow = c
         .call(
@@ -168,16 +110,18 @@ async fn a_slow_tool_hits_the_time_limit() {
 
 #[tokio::test]
 async fn the_guard_keeps_requests_off_internal_addresses() {
-    let (url, _) = server().await;
-    let strict = McpClient::new(
-        Guard {
-            allow_private: false,
-        },
-        Duration::from_secs(2),
-        Duration::from_secs(60),
-    );
+    let url = McpTestServer::start().await.url;
+    let strict = McpClient::new(Guard::default(), limits(Duration::from_secs(2)));
     match strict.list_tools(&at(&url)).await {
         Err(McpError::Refused(why)) => assert!(why.contains("internal address"), "{why}"),
         other => panic!("{other:?}"),
     }
+    let allowlisted = McpClient::new(
+        Guard {
+            allowed_hosts: vec!["127.0.0.1".into()],
+            ..Guard::default()
+        },
+        limits(Duration::from_secs(2)),
+    );
+    assert_eq!(allowlisted.list_tools(&at(&url)).await.unwrap().len(), 4);
 }

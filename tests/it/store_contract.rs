@@ -104,6 +104,7 @@ fn usage(key: &str, hold_id: &str, cost: i64, at: i64) -> UsageRecord {
         cancelled: false,
         created_at: at,
         searches: 2,
+        mcp_calls: 3,
     }
 }
 

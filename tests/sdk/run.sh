@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SDK compatibility suite: the official `openai` Python and Node packages
 # against a real Mume Gateway binary serving the built-in mock provider and
-# an Anthropic-kind provider backed by anthropic_mock.py.
+# an Anthropic-kind provider backed by anthropic_mock.py, with MCP tools
+# served by mcp_server.py (the official `mcp` SDK's FastMCP).
 #
 #   MUME_BIN=path/to/mume-gateway bash tests/sdk/run.sh
 #
@@ -30,9 +31,10 @@ fi
 log() { echo "sdk: $*" >&2; }
 
 # --- dependencies -----------------------------------------------------------
-if ! "$PYTHON" -c 'import openai, pytest, jsonschema, yaml' >/dev/null 2>&1; then
-  log "installing the openai, pytest, jsonschema and pyyaml Python packages"
-  "$PYTHON" -m pip install -q openai pytest jsonschema pyyaml </dev/null
+if ! "$PYTHON" -c 'import openai, pytest, jsonschema, yaml; from mcp.server.fastmcp import FastMCP' >/dev/null 2>&1; then
+  log "installing the openai, pytest, jsonschema, pyyaml and mcp Python packages"
+  # mcp 2.x renamed FastMCP, which mcp_server.py uses.
+  "$PYTHON" -m pip install -q openai pytest jsonschema pyyaml "mcp<2" </dev/null
 fi
 log "installing the Node SDK (npm ci)"
 (cd "$SDK_DIR/node" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
@@ -70,10 +72,12 @@ GW_PID=""
 
 ANTHROPIC_PID=""
 SEARXNG_PID=""
+MCP_PID=""
+MCP_SSE_PID=""
 
 cleanup() {
   local rc=$?
-  for pid in "$ANTHROPIC_PID" "$SEARXNG_PID"; do
+  for pid in "$ANTHROPIC_PID" "$SEARXNG_PID" "$MCP_PID" "$MCP_SSE_PID"; do
     if [[ -n "$pid" ]]; then
       kill "$pid" 2>/dev/null || true
     fi
@@ -133,6 +137,33 @@ done
 [[ -s "$SEARXNG_PORT_FILE" ]] || { log "the SearXNG mock did not start"; exit 1; }
 printf '\n[web_search]\nbackend = "searxng"\nurl = "http://127.0.0.1:%s"\nprice = "0.001"\n' \
   "$(cat "$SEARXNG_PORT_FILE")" >>"$RUN_CONFIG"
+# Two FastMCP servers on free ports: Streamable HTTP (/mcp) and the legacy
+# HTTP+SSE transport (/sse).
+MCP_PORT_FILE="$WORK_DIR/mcp.port"
+"$PYTHON" "$SDK_DIR/mcp_server.py" streamable-http "$MCP_PORT_FILE" </dev/null >"$WORK_DIR/mcp.log" 2>&1 &
+MCP_PID=$!
+MCP_SSE_PORT_FILE="$WORK_DIR/mcp-sse.port"
+"$PYTHON" "$SDK_DIR/mcp_server.py" sse "$MCP_SSE_PORT_FILE" </dev/null >"$WORK_DIR/mcp-sse.log" 2>&1 &
+MCP_SSE_PID=$!
+# mcp_server.py writes its port before it listens: wait for both.
+listening() {
+  [[ -s "$1" ]] && "$PYTHON" -c 'import socket, sys
+socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' "$(cat "$1")" >/dev/null 2>&1
+}
+for _ in $(seq 1 100); do
+  listening "$MCP_PORT_FILE" && listening "$MCP_SSE_PORT_FILE" && break
+  sleep 0.1
+done
+listening "$MCP_PORT_FILE" || { log "the Streamable HTTP MCP server did not start"; exit 1; }
+listening "$MCP_SSE_PORT_FILE" || { log "the HTTP+SSE MCP server did not start"; exit 1; }
+export MUME_MCP_URL="http://127.0.0.1:$(cat "$MCP_PORT_FILE")/mcp"
+export MUME_MCP_SSE_URL="http://127.0.0.1:$(cat "$MCP_SSE_PORT_FILE")/sse"
+# Loopback is refused by default; the operator allowlist lets the local
+# servers through (and only 127.0.0.1: "localhost" stays refused). The
+# registered server's X-Team header comes from MUME_SDK_MCP_TEAM.
+printf '\n[mcp]\nallowed_hosts = ["127.0.0.1"]\n\n[[mcp.servers]]\nlabel = "registered"\nurl = "%s"\nheaders = { "X-Team" = "MUME_SDK_MCP_TEAM" }\nkeys = ["*"]\n' \
+  "$MUME_MCP_URL" >>"$RUN_CONFIG"
+export MUME_SDK_MCP_TEAM="green"
 # The mock checks that a key arrives in x-api-key; any value will do.
 export ANTHROPIC_API_KEY="sk-ant-sdk-suite"
 "$MUME_BIN" check-config --config "$CONFIG" >&2

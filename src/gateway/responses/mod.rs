@@ -170,6 +170,7 @@ pub async fn prepare(
         Some(_) => return Err(wrong_type("previous_response_id", "a response id string")),
     };
     let max_output = optional_count(&request, "max_output_tokens")?;
+    let max_tool_calls = optional_count(&request, "max_tool_calls")?;
     let input = input_items(request.get("input"))?;
     let not_before = now_ms() - retention.as_millis() as i64;
     let history = match &previous {
@@ -181,14 +182,28 @@ pub async fn prepare(
     // tool: the gateway runs that one itself (a native provider gets it).
     let mut whole = request.clone();
     let web_search = super::websearch::take_from_responses(&mut whole);
+    let mcp_tools = super::mcp::take_tools(&mut whole, false)?;
     let mut all_items = history.clone();
     all_items.extend(input.iter().cloned());
+    let decisions = super::mcp::decisions(&all_items)?;
+    if mcp_tools.is_empty() && !decisions.is_empty() {
+        return Err(bad(
+            "tools",
+            "The input answers an mcp_approval_request, but the request has no mcp tool: send the mcp tool again with the approval.",
+        ));
+    }
+    let mcp = (!mcp_tools.is_empty()).then(|| super::mcp::McpRequest {
+        tools: mcp_tools,
+        decisions,
+        max_tool_calls,
+    });
     whole.insert("input".into(), Value::Array(all_items));
     let chat = translate::to_chat(&whole);
 
     // A native provider gets the same conversation, the gateway keeping
     // the state: no previous_response_id, and nothing stored upstream.
     let mut native = request.clone();
+    super::mcp::take_tools(&mut native, false)?;
     native.remove("previous_response_id");
     native.insert("store".into(), Value::Bool(false));
     if !history.is_empty() {
@@ -213,6 +228,7 @@ pub async fn prepare(
     typed.max_tokens = max_output;
     typed.client_wants_usage = false;
     typed.web_search = web_search;
+    typed.mcp = mcp;
     typed.responses = Some(Arc::new(Job {
         id,
         created_at: (created_at_ms / 1000) as u64,
@@ -278,6 +294,7 @@ fn input_items(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
             let prefix = match kind.as_str() {
                 "function_call" => "fc",
                 "function_call_output" => "fco",
+                "mcp_approval_response" => "mcpa",
                 _ => "msg",
             };
             item.insert("id".into(), json!(new_id(prefix)));

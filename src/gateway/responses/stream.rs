@@ -64,9 +64,16 @@ struct CallItem {
     arguments: String,
 }
 
+/// An MCP item the gateway is working on (a listing or a call).
+struct McpItem {
+    output_index: usize,
+    id: String,
+}
+
 enum Open {
     Text(TextItem),
     Call(CallItem),
+    Mcp(McpItem),
 }
 
 pub struct ResponseStream {
@@ -79,6 +86,8 @@ pub struct ResponseStream {
     output: Vec<Value>,
     usage: Option<Value>,
     finish_reason: Option<String>,
+    /// Why the gateway stopped the response short, if it did.
+    incomplete: Option<String>,
 }
 
 impl ResponseStream {
@@ -98,6 +107,7 @@ impl ResponseStream {
             output: Vec::new(),
             usage: None,
             finish_reason: None,
+            incomplete: None,
         }
     }
 
@@ -260,6 +270,8 @@ impl ResponseStream {
                     ),
                 ]
             }
+            // An MCP item ends only with `mcp_done`.
+            Some(Open::Mcp(_)) => Vec::new(),
             Some(Open::Call(item)) => {
                 let done = json!({"id": item.id, "type": "function_call", "status": "completed",
                     "call_id": item.call_id, "name": item.name, "arguments": item.arguments});
@@ -312,6 +324,83 @@ impl ResponseStream {
         out
     }
 
+    /// An MCP item the gateway starts: `output_item.added`, then
+    /// `mcp_list_tools.in_progress`, or for a call `mcp_call.in_progress`
+    /// and its arguments (`mcp_call_arguments.delta`, `.done`).
+    pub fn mcp_started(&mut self, item: &Value) -> Vec<Event> {
+        let mut out = self.close();
+        let output_index = self.output.len();
+        let id = item["id"].as_str().unwrap_or_default().to_string();
+        let call = item["type"] == "mcp_call";
+        let mut added = item.clone();
+        if call {
+            added["arguments"] = json!("");
+        }
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": output_index, "item": added}),
+        ));
+        let at = json!({"output_index": output_index, "item_id": id});
+        if call {
+            out.push(self.event("response.mcp_call.in_progress", at.clone()));
+            let arguments = item["arguments"].clone();
+            let mut delta = at.clone();
+            delta["delta"] = arguments.clone();
+            out.push(self.event("response.mcp_call_arguments.delta", delta));
+            let mut done = at;
+            done["arguments"] = arguments;
+            out.push(self.event("response.mcp_call_arguments.done", done));
+        } else {
+            out.push(self.event("response.mcp_list_tools.in_progress", at));
+        }
+        self.open = Some(Open::Mcp(McpItem { output_index, id }));
+        out
+    }
+
+    /// An MCP item is finished: `mcp_list_tools.completed` / `.failed` or
+    /// `mcp_call.completed` / `.failed`, then `output_item.done`. An item
+    /// that never started (an approval request) is added and done at once.
+    pub fn mcp_done(&mut self, item: &Value) -> Vec<Event> {
+        let id = item["id"].as_str().unwrap_or_default();
+        let mut out = Vec::new();
+        let output_index = match &self.open {
+            Some(Open::Mcp(open)) if open.id == id => open.output_index,
+            _ => {
+                out.extend(self.close());
+                let output_index = self.output.len();
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": output_index, "item": item}),
+                ));
+                output_index
+            }
+        };
+        self.open = None;
+        let failed = item.get("error").is_some_and(|e| !e.is_null());
+        let name = match (item["type"].as_str(), failed) {
+            (Some("mcp_list_tools"), false) => Some("response.mcp_list_tools.completed"),
+            (Some("mcp_list_tools"), true) => Some("response.mcp_list_tools.failed"),
+            (Some("mcp_call"), false) => Some("response.mcp_call.completed"),
+            (Some("mcp_call"), true) => Some("response.mcp_call.failed"),
+            _ => None,
+        };
+        if let Some(name) = name {
+            out.push(self.event(name, json!({"output_index": output_index, "item_id": id})));
+        }
+        self.output.push(item.clone());
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": output_index, "item": item}),
+        ));
+        out
+    }
+
+    /// The gateway stopped the response short: it ends `incomplete`, with
+    /// `reason` in `incomplete_details`.
+    pub fn set_incomplete(&mut self, reason: &str) {
+        self.incomplete = Some(reason.to_string());
+    }
+
     /// Adds annotations to the open text: one `output_text.annotation.added`
     /// each.
     pub fn annotate(&mut self, annotations: Vec<Value>) -> Vec<Event> {
@@ -334,6 +423,11 @@ impl ResponseStream {
     pub fn finish(&mut self) -> (Vec<Event>, Value) {
         let mut out = self.close();
         let (status, incomplete, name) = match self.finish_reason.as_deref() {
+            _ if self.incomplete.is_some() => (
+                "incomplete",
+                json!({"reason": self.incomplete}),
+                "response.incomplete",
+            ),
             Some("length") => (
                 "incomplete",
                 json!({"reason": "max_output_tokens"}),

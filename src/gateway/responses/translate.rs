@@ -17,6 +17,10 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::error::GatewayError;
 
+/// The most characters of an earlier MCP call's output that go back to the
+/// model with the conversation.
+const HISTORY_OUTPUT_CHARS: usize = 20_000;
+
 /// Request fields that belong to the Responses endpoint itself (storage,
 /// chaining, background runs) and never reach a Chat Completions upstream.
 const ENDPOINT_FIELDS: &[&str] = &[
@@ -283,12 +287,15 @@ fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), G
                 "content": output,
             }));
         }
-        other => {
-            return Err(bad(
-                at,
-                format!("Input items of type {other:?} cannot be sent to this model."),
-            ))
-        }
+        other => match crate::gateway::mcp::history_messages(item, HISTORY_OUTPUT_CHARS) {
+            Some(mcp) => messages.extend(mcp),
+            None => {
+                return Err(bad(
+                    at,
+                    format!("Input items of type {other:?} cannot be sent to this model."),
+                ))
+            }
+        },
     }
     Ok(())
 }
@@ -398,7 +405,9 @@ pub fn to_response(completion: &Value, meta: &ResponseMeta<'_>) -> Value {
 
 /// The request's tools as a Response echoes them: a function tool always
 /// states its `parameters` and `strict` (false unless asked: Chat
-/// Completions enforces no schema unless told to).
+/// Completions enforces no schema unless told to); an mcp tool never
+/// carries its `authorization` or `headers` (secrets meant for its server
+/// alone, and the echo is stored).
 fn echoed_tools(tools: Option<&Value>) -> Value {
     let Some(Value::Array(tools)) = tools else {
         return json!([]);
@@ -411,6 +420,15 @@ fn echoed_tools(tools: Option<&Value>) -> Value {
         {
             t.entry("parameters").or_insert(Value::Null);
             t.entry("strict").or_insert(json!(false));
+        }
+        if let Some(t) = tool
+            .as_object_mut()
+            .filter(|t| t.get("type") == Some(&json!("mcp")))
+        {
+            t.remove("authorization");
+            if t.get("headers").is_some_and(|h| !h.is_null()) {
+                t.insert("headers".into(), Value::Null);
+            }
         }
         tool
     });
@@ -432,6 +450,7 @@ pub fn skeleton(meta: &ResponseMeta<'_>, status: &str) -> Value {
         "incomplete_details": null,
         "instructions": get("instructions"),
         "max_output_tokens": get("max_output_tokens"),
+        "max_tool_calls": get("max_tool_calls"),
         "model": meta.model,
         "output": [],
         "parallel_tool_calls": r.get("parallel_tool_calls").cloned().unwrap_or(json!(true)),

@@ -2,6 +2,7 @@
 //! client-side helpers for JSON errors and SSE streams.
 
 pub mod gateway;
+pub mod mcp_server;
 pub mod postgres;
 pub mod redis;
 pub mod upstream;

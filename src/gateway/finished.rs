@@ -1,0 +1,114 @@
+//! A finished answer sent as a stream: requests whose rounds the gateway
+//! runs (web search, MCP tools) read every model call whole, then stream
+//! the final answer's text in small pieces, in each API's shape.
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::record::Usage;
+use super::relay::{frame, DONE_FRAME};
+use super::responses::stream::{Event, ResponseStream};
+
+/// A finished answer's text in stream-sized pieces (a few words each).
+pub fn pieces(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut words = 0;
+    for c in text.chars() {
+        current.push(c);
+        if c.is_whitespace() {
+            words += 1;
+            if words == 4 {
+                out.push(std::mem::take(&mut current));
+                words = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+fn text_of(completion: &Value) -> &str {
+    completion
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// A `chat.completion` as Chat Completions stream frames: the role, the
+/// text in pieces, the tool calls, the finish (with `annotations` in its
+/// delta when given), the usage chunk when given, then `[DONE]`.
+pub fn chat_frames(c: &Value, annotations: Option<Vec<Value>>, usage: Option<Value>) -> Vec<Bytes> {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": c["id"], "object": "chat.completion.chunk", "created": c["created"], "model": c["model"],
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let message = &c["choices"][0]["message"];
+    let mut out = vec![frame(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ))];
+    for piece in pieces(text_of(c)) {
+        out.push(frame(&chunk(json!({"content": piece}), Value::Null)));
+    }
+    if let Some(Value::Array(calls)) = message.get("tool_calls") {
+        for (i, call) in calls.iter().enumerate() {
+            let mut call = call.clone();
+            call["index"] = json!(i);
+            out.push(frame(&chunk(json!({"tool_calls": [call]}), Value::Null)));
+        }
+    }
+    let finish = c["choices"][0]["finish_reason"].clone();
+    let last = match annotations {
+        Some(a) => json!({"annotations": a}),
+        None => json!({}),
+    };
+    out.push(frame(&chunk(last, finish)));
+    if let Some(usage) = usage {
+        out.push(frame(
+            &json!({"id": c["id"], "object": "chat.completion.chunk", "created": c["created"],
+                "model": c["model"], "choices": [], "usage": usage}),
+        ));
+    }
+    out.push(Bytes::from_static(DONE_FRAME));
+    out
+}
+
+/// A `chat.completion`'s answer as Responses events on `stream`: the text
+/// in pieces (then its `annotations`), the tool calls, and the finish with
+/// `usage` (Chat Completions shape). `stream.finish()` follows.
+pub fn response_events(
+    stream: &mut ResponseStream,
+    completion: &Value,
+    annotations: Vec<Value>,
+    usage: &Value,
+) -> Vec<Event> {
+    let chunk = |delta: Value| json!({"choices": [{"index": 0, "delta": delta}]});
+    let mut events = Vec::new();
+    for piece in pieces(text_of(completion)) {
+        events.extend(stream.on_chunk(&chunk(json!({"content": piece}))));
+    }
+    events.extend(stream.annotate(annotations));
+    let message = &completion["choices"][0]["message"];
+    if let Some(Value::Array(calls)) = message.get("tool_calls") {
+        for (i, call) in calls.iter().enumerate() {
+            let mut call = call.clone();
+            call["index"] = json!(i);
+            events.extend(stream.on_chunk(&chunk(json!({"tool_calls": [call]}))));
+        }
+    }
+    let finish = completion["choices"][0]["finish_reason"].clone();
+    events.extend(stream.on_chunk(
+        &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}], "usage": usage}),
+    ));
+    events
+}
+
+/// Chat Completions `usage` for token totals.
+pub fn chat_usage(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
+}
