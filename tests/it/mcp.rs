@@ -56,7 +56,7 @@ async fn tools_are_listed_called_and_cached() {
     let tools = c.list_tools(&at(&url)).await.unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["add", "broken", "gate", "nap"]);
+    assert_eq!(names, ["add", "big", "broken", "gate", "nap"]);
     let add = tools.iter().find(|t| t.name == "add").unwrap();
     assert_eq!(add.description.as_deref(), Some("Adds two numbers"));
     assert_eq!(add.input_schema["properties"]["a"]["type"], "integer");
@@ -67,7 +67,7 @@ async fn tools_are_listed_called_and_cached() {
 
     let before = server.headers().len();
     let again = c.list_tools(&at(&url)).await.unwrap();
-    assert_eq!(again.len(), 4);
+    assert_eq!(again.len(), 5);
     assert_eq!(
         server.headers().len(),
         before,
@@ -89,6 +89,21 @@ async fn tools_are_listed_called_and_cached() {
         bad.is_err() || bad.unwrap().is_error,
         "invalid arguments fail"
     );
+}
+
+#[tokio::test]
+async fn every_page_of_the_tool_list_is_read() {
+    let url = crate::support::mcp_server::paged().await;
+    let tools = client(Duration::from_secs(5))
+        .list_tools(&McpServer {
+            url,
+            authorization: None,
+            headers: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["one", "two"]);
 }
 
 #[tokio::test]
@@ -123,5 +138,5 @@ async fn the_guard_keeps_requests_off_internal_addresses() {
         },
         limits(Duration::from_secs(2)),
     );
-    assert_eq!(allowlisted.list_tools(&at(&url)).await.unwrap().len(), 4);
+    assert_eq!(allowlisted.list_tools(&at(&url)).await.unwrap().len(), 5);
 }

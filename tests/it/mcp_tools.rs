@@ -669,6 +669,10 @@ async fn internal_server_urls_are_refused_before_any_connection() {
         "http://127.1:{P}/mcp",
         "http://2130706433:{P}/mcp",
         "http://0x7f.0.0.1:{P}/mcp",
+        "http://0177.0.0.1:{P}/mcp",
+        "http://017700000001:{P}/mcp",
+        "http://example.com@127.0.0.1:{P}/mcp",
+        "gopher://127.0.0.1:{P}/_mcp",
         "http://0.0.0.0:{P}/mcp",
         "http://[::ffff:127.0.0.1]:{P}/mcp",
         "http://[::ffff:7f00:1]:{P}/mcp",
@@ -773,4 +777,38 @@ async fn a_client_that_leaves_mid_call_releases_its_hold() {
     assert_eq!(CREDIT - gw.balance(&key_id).await, 20_000_000);
     assert_eq!(gw.ledger_sum(&key_id).await, gw.balance(&key_id).await);
     assert_eq!(upstream.seen().len(), 1, "no round after the client left");
+}
+
+#[tokio::test]
+async fn huge_and_slow_answers_are_cut_off() {
+    let server = McpTestServer::start().await;
+    let upstream = model().await;
+    let gw = gateway(
+        &upstream.base_url,
+        &format!("{LOCAL}\nmax_response_bytes = 65536\ntimeout = \"300ms\""),
+        &[],
+    )
+    .await;
+    let (_, key) = gw.key_with_credit(CREDIT).await;
+    let tool = mcp_tool(&server.url, json!({"require_approval": "never"}));
+    for (script, small) in [
+        ("call big {\"bytes\":1000}", true),
+        ("call big {\"bytes\":200000}", false),
+        ("call nap {\"ms\":3000}", false),
+    ] {
+        let (status, r, _) = create(
+            &gw,
+            &key,
+            &json!({"model": "up/m", "input": script, "tools": [tool]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+        let call = item(&r, "mcp_call");
+        if small {
+            assert_eq!(call["output"].as_str().unwrap().len(), 1000);
+        } else {
+            assert_eq!(call["status"], "failed", "{script}: {call}");
+            assert!(call["output"].is_null());
+        }
+    }
 }

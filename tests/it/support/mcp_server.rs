@@ -3,6 +3,7 @@
 //! - `add(a, b)`: the sum;
 //! - `nap(ms)`: sleeps, then answers "awake";
 //! - `gate()`: answers "opened" once the test calls `McpTestServer::open`;
+//! - `big(bytes)`: that many bytes of text;
 //! - `broken()`: a tool that reports an error (`isError`).
 //!
 //! Every request's headers are recorded.
@@ -32,6 +33,11 @@ pub struct NapArgs {
     ms: u64,
 }
 
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct BigArgs {
+    bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Tools {
     gate: Arc<Semaphore>,
@@ -54,6 +60,11 @@ impl Tools {
     async fn gate(&self) -> String {
         let _ = self.gate.acquire().await.map(|p| p.forget());
         "opened".into()
+    }
+
+    #[tool(description = "Answers `bytes` bytes of text")]
+    fn big(&self, Parameters(BigArgs { bytes }): Parameters<BigArgs>) -> String {
+        "x".repeat(bytes)
     }
 
     #[tool(description = "Always fails")]
@@ -132,4 +143,55 @@ impl McpTestServer {
     pub fn headers(&self) -> Vec<HashMap<String, String>> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// A server whose `tools/list` answers one tool per page ("one", then
+/// "two"), at `/mcp`.
+#[derive(Debug, Clone)]
+pub struct Paged;
+
+impl ServerHandler for Paged {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let schema = Arc::new(
+            serde_json::json!({"type": "object"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let second = request.and_then(|r| r.cursor).as_deref() == Some("page-2");
+        let name = if second { "two" } else { "one" };
+        let mut page = rmcp::model::ListToolsResult::with_all_items(vec![rmcp::model::Tool::new(
+            name,
+            "a paged tool",
+            schema,
+        )]);
+        if !second {
+            page.next_cursor = Some("page-2".into());
+        }
+        Ok(page)
+    }
+}
+
+/// Serves `Paged` on 127.0.0.1; its URL.
+pub async fn paged() -> String {
+    let service = StreamableHttpService::new(
+        || Ok(Paged),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/mcp")
 }
