@@ -308,6 +308,17 @@ impl Charge {
         self.mcp_calls += 1;
     }
 
+    /// Whether one more model call of `prompt` tokens and up to `output`
+    /// tokens fits in what is left of the hold (always, for an unlimited
+    /// key).
+    pub fn can_afford(&self, prompt: u64, output: u64) -> bool {
+        self.pricing.cap.is_none_or(|cap| {
+            self.cost_so_far()
+                .saturating_add(self.pricing.raw_cost(prompt, output))
+                <= cap
+        })
+    }
+
     /// A web search ran for the request, at `price`.
     pub fn add_search(&mut self, price: NanoUsd) {
         self.searches += 1;

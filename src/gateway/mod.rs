@@ -53,6 +53,10 @@ use crate::search::Searcher;
 /// for the hold of a request that searches.
 const SEARCH_RESULT_TOKENS: u64 = 400;
 
+/// Tokens held, per MCP round after the first, for the tool definitions
+/// the servers list.
+const MCP_TOOLS_TOKENS: u64 = 2000;
+
 /// Output tokens held for a model with no configured cap when the request
 /// names none either.
 const DEFAULT_MAX_OUTPUT: u64 = 4096;
@@ -310,9 +314,12 @@ impl Gateway {
             .raw_cost(prompt_est + results, output_max);
             (round.saturating_add(searcher.price)).saturating_mul(n as i64)
         });
-        // Each MCP round after the first carries every earlier round's
-        // output and tool results (one call's worth per round, at the
-        // configured output cap of about four characters a token).
+        // Each MCP round after the first carries the servers' tool
+        // definitions (an allowance: they are listed later) and every
+        // earlier round's output and tool results (one call's worth per
+        // round, at the configured output cap of about four characters a
+        // token). A round that would need more stops the request
+        // (`incomplete`, "max_cost") instead of overspending the hold.
         let mcp_hold = mcp_run.as_ref().map_or(0, |run| {
             let pricing = Pricing {
                 prompt: prompt_price,
@@ -321,7 +328,9 @@ impl Gateway {
             };
             let per_round = self.mcp.config.max_output_chars as u64 / 4 + output_max;
             (1..u64::from(self.mcp.max_rounds(run)))
-                .map(|r| pricing.raw_cost(prompt_est + r * per_round, output_max))
+                .map(|r| {
+                    pricing.raw_cost(prompt_est + MCP_TOOLS_TOKENS + r * per_round, output_max)
+                })
                 .fold(0i64, i64::saturating_add)
         });
         let extra_hold = extra_hold.saturating_add(mcp_hold);

@@ -9,12 +9,15 @@
 //!   once: the checked addresses are pinned for `PIN_TTL`, so the
 //!   connection goes to the addresses `check` validated, and a DNS answer
 //!   that changes in between (rebinding) is never asked for.
-//! - `redirects` follows at most `MAX_REDIRECTS` hops, each to an http(s)
-//!   URL whose literal address, if it has one, is checked too (a literal
-//!   address never goes through the resolver).
+//! - `redirects` follows at most `MAX_REDIRECTS` hops, each on the same
+//!   origin (scheme, host and port) as the URL before it, so the request's
+//!   headers never reach another host and https is never downgraded; its
+//!   shape is checked again.
 //!
-//! Hosts the operator allowlists (`mcp.allowed_hosts`), and every host
-//! when `mcp.allow_private` is set, skip the address checks.
+//! Hosts the operator allowlists (`mcp.allowed_hosts`: `host`, any port,
+//! or `host:port`), and every host when `mcp.allow_private` is set, skip
+//! the address checks. Servers the operator registered are reached by a
+//! client of their own that skips them (`McpClient`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,8 +41,8 @@ pub struct Guard {
     /// Allow loopback and private addresses everywhere (a gateway whose
     /// MCP servers all live on its own network; tests).
     pub allow_private: bool,
-    /// Host names or literal addresses (lowercase, no port) reached
-    /// whatever they resolve to: the operator's internal MCP servers.
+    /// `host` (any port) or `host:port` entries, lowercase, reached
+    /// whatever they resolve to: internal MCP servers requests may name.
     pub allowed_hosts: Vec<String>,
     /// Addresses already looked up and checked.
     pub pins: Pins,
@@ -77,13 +80,21 @@ pub fn internal(ip: IpAddr) -> bool {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return internal_v4(v4);
     }
-    // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96,
-    // 64:ff9b:1::/48): the IPv4 address is the last 32 bits.
+    // IPv4-compatible (::a.b.c.d, deprecated), SIIT (::ffff:0:a.b.c.d) and
+    // NAT64 (64:ff9b::/96): the IPv4 address is the last 32 bits.
     if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
         return internal_v4(embedded(s[6], s[7]));
     }
-    if (s[0] == 0x64 && s[1] == 0xff9b) && (s[2..6] == [0; 4] || s[2] == 1) {
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
         return internal_v4(embedded(s[6], s[7]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return internal_v4(embedded(s[6], s[7]));
+    }
+    // Local-use NAT64 (64:ff9b:1::/48) and Teredo (2001::/32) carry an
+    // IPv4 address in forms that need not be public: refused whole.
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) || (s[0] == 0x2001 && s[1] == 0) {
+        return true;
     }
     // 6to4 (2002::/16): the IPv4 address is bits 16..48.
     if s[0] == 0x2002 {
@@ -106,13 +117,23 @@ fn refused(message: String) -> McpError {
 }
 
 impl Guard {
-    /// Whether the operator allowlisted this host (or every host).
-    pub fn trusted(&self, host: &str) -> bool {
+    /// Whether the operator allowlisted this host (or every host): on
+    /// `port`, or on any port when `port` is `None` (the resolver, which
+    /// sees no port, for a URL whose port `check` already judged).
+    pub fn trusted(&self, host: &str, port: Option<u16>) -> bool {
         if self.allow_private {
             return true;
         }
         let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
-        self.allowed_hosts.contains(&host)
+        self.allowed_hosts.iter().any(|entry| {
+            let (h, p) = match entry.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                    (h.trim_matches(['[', ']']), p.parse::<u16>().ok())
+                }
+                _ => (entry.trim_matches(['[', ']']), None),
+            };
+            h == host && (p.is_none() || port.is_none() || p == port)
+        })
     }
 
     /// The URL's scheme and credentials, and its host if the host is a
@@ -129,7 +150,7 @@ impl Guard {
         let host = url
             .host_str()
             .ok_or_else(|| refused(format!("{url} has no host")))?;
-        if self.trusted(host) {
+        if self.trusted(host, url.port_or_known_default()) {
             return Ok(());
         }
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
@@ -149,7 +170,7 @@ impl Guard {
             .map_err(|e| refused(format!("{url:?} is not a URL ({e})")))?;
         self.check_shape(&parsed)?;
         let host = parsed.host_str().unwrap_or_default();
-        if self.trusted(host) {
+        if self.trusted(host, parsed.port_or_known_default()) {
             return Ok(());
         }
         self.resolve(
@@ -182,7 +203,7 @@ impl Guard {
         if addrs.is_empty() {
             return Err(refused(format!("{host} does not resolve")));
         }
-        if self.trusted(host) {
+        if self.trusted(host, None) {
             return Ok(addrs);
         }
         if let Some(a) = addrs.iter().find(|a| internal(a.ip())) {
@@ -198,12 +219,25 @@ impl Guard {
         Ok(addrs)
     }
 
-    /// The redirect policy of the MCP HTTP client.
-    pub fn redirects(&self) -> reqwest_mcp::redirect::Policy {
+    /// The redirect policy of the MCP HTTP clients: same origin only, at
+    /// most `MAX_REDIRECTS` hops, each checked (unless `trusting`: the
+    /// client of the operator's registered servers).
+    pub fn redirects(&self, trusting: bool) -> reqwest_mcp::redirect::Policy {
         let guard = self.clone();
         reqwest_mcp::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            let from = attempt.previous().last().map(reqwest_mcp::Url::origin);
+            let to = attempt.url().origin();
+            if from.is_some_and(|o| o != to) {
+                let to = to.ascii_serialization();
+                return attempt.error(format!(
+                    "a redirect to another origin ({to}) is not followed"
+                ));
+            }
+            if trusting {
+                return attempt.follow();
             }
             match guard.check_shape(attempt.url()) {
                 Ok(()) => attempt.follow(),
@@ -263,6 +297,9 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "64:ff9b::7f00:1",
             "64:ff9b:1::a00:1",
+            "64:ff9b:1::5db8:d822",
+            "::ffff:0:7f00:1",
+            "2001::1",
         ] {
             assert!(internal(ip.parse().unwrap()), "{ip} is internal");
         }
@@ -313,11 +350,19 @@ mod tests {
             assert!(guard.check(url).await.is_err(), "{url}");
         }
         let allowed = Guard {
-            allowed_hosts: vec!["127.0.0.1".into()],
+            allowed_hosts: vec![
+                "127.0.0.1".into(),
+                "127.0.0.3:8000".into(),
+                "[::1]:9".into(),
+            ],
             ..Guard::default()
         };
         assert!(allowed.check("http://127.0.0.1:1/mcp").await.is_ok());
         assert!(allowed.check("http://127.0.0.2:1/mcp").await.is_err());
+        assert!(allowed.check("http://127.0.0.3:8000/mcp").await.is_ok());
+        assert!(allowed.check("http://127.0.0.3:8001/mcp").await.is_err());
+        assert!(allowed.check("http://[::1]:9/mcp").await.is_ok());
+        assert!(allowed.check("http://[::1]:10/mcp").await.is_err());
         let open = Guard {
             allow_private: true,
             ..Guard::default()

@@ -33,6 +33,8 @@ pub struct McpServer {
     /// Sent as `Authorization: Bearer …`.
     pub authorization: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// A server the operator registered: reached whatever its address.
+    pub trusted: bool,
 }
 
 /// One tool as the server describes it.
@@ -122,10 +124,46 @@ fn tidy(message: &str) -> String {
     out
 }
 
+/// The most tools one listing reads, and the most pages.
+const MAX_TOOLS: usize = 256;
+const MAX_PAGES: usize = 32;
+/// The most tool lists kept at once (servers × header sets).
+const MAX_CACHED: usize = 1024;
+
+/// Every page of a server's tool list (within `MAX_PAGES` and
+/// `MAX_TOOLS`; a longer list is an error, not a silent cut).
+async fn every_page(session: &Session) -> Result<Vec<rmcp::model::Tool>, McpError> {
+    let mut tools = Vec::new();
+    let mut cursor = None;
+    for _ in 0..MAX_PAGES {
+        let params = rmcp::model::PaginatedRequestParams::default().with_cursor(cursor);
+        let page = session
+            .list_tools(Some(params))
+            .await
+            .map_err(|e| McpError::Failed(tidy(&e.to_string())))?;
+        tools.extend(page.tools);
+        if tools.len() > MAX_TOOLS {
+            return Err(McpError::Failed(format!(
+                "the server lists more than {MAX_TOOLS} tools; name the ones to use in allowed_tools on a server that lists fewer"
+            )));
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(tools),
+        }
+    }
+    Err(McpError::Failed(format!(
+        "the tool list runs over more than {MAX_PAGES} pages"
+    )))
+}
+
 /// Lists cached for `ttl`, per server.
 pub struct McpClient {
     guard: Guard,
+    /// For servers that requests name: every address checked.
     http: reqwest_mcp::Client,
+    /// For the servers the operator registered.
+    trusted_http: reqwest_mcp::Client,
     limits: ClientLimits,
     timeout: Duration,
     ttl: Duration,
@@ -155,17 +193,25 @@ const RESERVED_HEADERS: &[&str] = &[
 
 impl McpClient {
     pub fn new(guard: Guard, limits: ClientLimits) -> Self {
-        let http = reqwest_mcp::Client::builder()
+        let builder = || {
+            reqwest_mcp::Client::builder()
+                .no_proxy()
+                .connect_timeout(limits.timeout)
+                .tcp_nodelay(true)
+        };
+        let http = builder()
             .dns_resolver(guard::Resolver::shared(guard.clone()))
-            .redirect(guard.redirects())
-            .no_proxy()
-            .connect_timeout(limits.timeout)
-            .tcp_nodelay(true)
+            .redirect(guard.redirects(false))
+            .build()
+            .expect("the MCP HTTP client builds");
+        let trusted_http = builder()
+            .redirect(guard.redirects(true))
             .build()
             .expect("the MCP HTTP client builds");
         Self {
             guard,
             http,
+            trusted_http,
             timeout: limits.timeout,
             ttl: limits.ttl,
             limits,
@@ -201,7 +247,12 @@ impl McpClient {
     /// Connects and runs the initialize handshake: over Streamable HTTP,
     /// else (a server that refuses it) over the legacy HTTP+SSE transport.
     async fn connect(&self, server: &McpServer) -> Result<Session, McpError> {
-        self.guard.check(&server.url).await?;
+        let http = if server.trusted {
+            &self.trusted_http
+        } else {
+            self.guard.check(&server.url).await?;
+            &self.http
+        };
         let mut headers = Self::headers(server)?;
         let token = server
             .authorization
@@ -221,7 +272,7 @@ impl McpClient {
             Some(t) => config.auth_header(t.clone()),
             None => config,
         };
-        let transport = StreamableHttpClientTransport::with_client(self.http.clone(), config);
+        let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
         let streamable = tokio::time::timeout(self.timeout, ().serve(transport))
             .await
             .map_err(|_| McpError::Timeout(self.timeout))?;
@@ -240,7 +291,7 @@ impl McpClient {
             reqwest_mcp::Url::parse(&server.url).map_err(|e| McpError::Refused(e.to_string()))?;
         let legacy = async {
             let transport =
-                legacy::LegacySse::open(&self.http, &url, headers, self.limits.max_response_bytes)
+                legacy::LegacySse::open(http, &url, headers, self.limits.max_response_bytes)
                     .await?;
             ().serve(transport)
                 .await
@@ -270,11 +321,10 @@ impl McpClient {
             }
         }
         let session = self.connect(server).await?;
-        let listed = tokio::time::timeout(self.timeout, session.list_all_tools()).await;
+        let listed = tokio::time::timeout(self.timeout, every_page(&session)).await;
         let _ = session.cancel().await;
         let tools: Vec<McpTool> = listed
-            .map_err(|_| McpError::Timeout(self.timeout))?
-            .map_err(|e| McpError::Failed(e.to_string()))?
+            .map_err(|_| McpError::Timeout(self.timeout))??
             .into_iter()
             .map(|t| McpTool {
                 name: t.name.to_string(),
@@ -286,10 +336,14 @@ impl McpClient {
                     .unwrap_or(json!({})),
             })
             .collect();
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(server.clone(), (Instant::now(), tools.clone()));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(server.clone(), (Instant::now(), tools.clone()));
         Ok(tools)
     }
 

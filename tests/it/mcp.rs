@@ -33,6 +33,7 @@ fn at(url: &str) -> McpServer {
         url: url.to_string(),
         authorization: Some("tok".into()),
         headers: vec![("x-team".into(), "a".into())],
+        trusted: false,
     }
 }
 
@@ -99,6 +100,7 @@ async fn every_page_of_the_tool_list_is_read() {
             url,
             authorization: None,
             headers: Vec::new(),
+            trusted: false,
         })
         .await
         .unwrap();

@@ -26,12 +26,17 @@ fn completion(message: Value, finish: &str, prompt: u64, completion: u64) -> Val
 
 /// A model that follows the script in the user's last message:
 /// `call TOOL ARGS` calls the offered function for TOOL once (while the
-/// last message is the user's), `loop TOOL ARGS` calls it every round.
+/// last message is the user's), `loop TOOL ARGS` calls it every round,
+/// `fan TOOL ARGS` fifty times at once every round.
 /// Otherwise it answers `done: ` and the last tool message (or "no
-/// tools"). A call turn costs 10 + 5 tokens, an answer 20 + 10.
+/// tools"). `tool_choice: "none"` is obeyed. A call turn costs 10 + 5
+/// tokens, an answer 20 + 10.
 async fn model() -> Upstream {
     Upstream::start(|seen| async move {
-        let messages = seen.body["messages"].as_array().cloned().unwrap_or_default();
+        let messages = seen.body["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let script = messages
             .iter()
             .rev()
@@ -57,17 +62,25 @@ async fn model() -> Upstream {
             .map(str::to_string);
         let call = match mode {
             "call" => last_is_user,
-            "loop" => true,
+            "loop" | "fan" => true,
             _ => false,
-        };
+        } && seen.body["tool_choice"] != "none";
+        let copies = if mode == "fan" { 50 } else { 1 };
         let body = match function.filter(|_| call) {
-            Some(name) => completion(
-                json!({"role": "assistant", "content": null, "tool_calls": [{"id": format!("call_{}", messages.len()),
-                    "type": "function", "function": {"name": name, "arguments": args}}]}),
-                "tool_calls",
-                10,
-                5,
-            ),
+            Some(name) => {
+                let calls: Vec<Value> = (0..copies)
+                    .map(|i| {
+                        json!({"id": format!("call_{}_{i}", messages.len()), "type": "function",
+                        "function": {"name": name, "arguments": args}})
+                    })
+                    .collect();
+                completion(
+                    json!({"role": "assistant", "content": null, "tool_calls": calls}),
+                    "tool_calls",
+                    10,
+                    5,
+                )
+            }
             None => {
                 let last_tool = messages
                     .iter()
@@ -326,6 +339,26 @@ async fn a_call_that_needs_approval_waits_for_the_client() {
         answer_text(&denied),
         "done: The user did not approve this call: too risky"
     );
+    // The conversation goes on, without the tool, and the old answer is
+    // not a decision again.
+    let (status, later, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "previous_response_id": denied["id"], "input": "thanks"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{later}");
+    assert_eq!(types(&later), ["message"]);
+
+    // tool_choice "none": the tools are listed, never called.
+    let (status, none, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "input": "call add {\"a\":1,\"b\":2}", "tools": [tool], "tool_choice": "none"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{none}");
+    assert_eq!(types(&none), ["mcp_list_tools", "message"]);
 
     // An answer to a request the conversation does not hold.
     let (status, bad, _) = create(
@@ -432,7 +465,12 @@ async fn a_stream_shows_each_step_while_the_tool_is_still_running() {
 async fn caps_on_tool_calls_and_rounds_end_the_response_incomplete() {
     let server = McpTestServer::start().await;
     let upstream = model().await;
-    let gw = gateway(&upstream.base_url, &format!("{LOCAL}\nmax_rounds = 3"), &[]).await;
+    let gw = gateway(
+        &upstream.base_url,
+        &format!("{LOCAL}\nmax_rounds = 3\nmax_output_chars = 100"),
+        &[],
+    )
+    .await;
     let (key_id, key) = gw.key_with_credit(CREDIT).await;
     let tool = mcp_tool(&server.url, json!({"require_approval": "never"}));
     let looping = "loop add {\"a\":1,\"b\":1}";
@@ -463,6 +501,23 @@ async fn caps_on_tool_calls_and_rounds_end_the_response_incomplete() {
         "three rounds, two of them calling"
     );
     assert_eq!(upstream.seen().len(), 5);
+
+    // Fifty calls at once add more to the next prompt than the hold
+    // foresaw for a round: the response stops rather than overspend it.
+    let (status, r, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "input": "fan big {\"bytes\":100}", "tools": [tool]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["incomplete_details"]["reason"], "max_cost", "{r}");
+    assert_eq!(
+        types(&r).len(),
+        101,
+        "the listing and two rounds' calls: the third round would not fit"
+    );
+    assert_eq!(upstream.seen().len(), 7);
     gw.holds_drain().await;
     assert_eq!(
         gw.ledger_sum(&key_id).await,
@@ -570,8 +625,9 @@ async fn chat_completions_take_the_mcp_tool_as_an_extension() {
 async fn registered_servers_are_named_by_label_for_the_keys_allowed() {
     let server = McpTestServer::start().await;
     let upstream = model().await;
+    // Registered servers need no allowlisting: loopback is not allowed here.
     let mcp = format!(
-        "{LOCAL}\nallow_request_servers = false\n\
+        "allow_request_servers = false\n\
          [[mcp.servers]]\nlabel = \"ops\"\nurl = \"{url}\"\nheaders = {{ \"x-team\" = \"OPS_TEAM\" }}\nkeys = [\"*\"]\n\
          [[mcp.servers]]\nlabel = \"vault\"\nurl = \"{url}\"\nkeys = [\"nobody\"]\n\
          [[mcp.servers]]\nlabel = \"half\"\nurl = \"{url}\"\nheaders = {{ \"x-team\" = \"UNSET_VAR\" }}\nkeys = [\"*\"]\n",
@@ -592,6 +648,13 @@ async fn registered_servers_are_named_by_label_for_the_keys_allowed() {
         .iter()
         .any(|h| h.get("x-team").is_some_and(|v| v == "blue")));
 
+    let mut own_team = by_label("ops");
+    own_team["tools"][0]["headers"] = json!({"X-TEAM": "red"});
+    let (status, r, _) = create(&gw, &key, &own_team).await;
+    assert_eq!(
+        status, 400,
+        "the operator's header is not the request's: {r}"
+    );
     let (status, r, _) = create(&gw, &key, &by_label("vault")).await;
     assert_eq!(status, 403, "{r}");
     let (status, r, _) = create(&gw, &key, &by_label("half")).await;
@@ -811,4 +874,79 @@ async fn huge_and_slow_answers_are_cut_off() {
             assert!(call["output"].is_null());
         }
     }
+}
+
+#[tokio::test]
+async fn a_native_provider_continuing_an_mcp_conversation_gets_function_items() {
+    let server = McpTestServer::start().await;
+    let chat = model().await;
+    let chat_url = chat.base_url.clone();
+    // One upstream for both APIs: Chat Completions (the MCP rounds) go to
+    // the scripted model, Responses (a native follow-up) answer "ok".
+    let upstream = Upstream::start_at("/v1/{*api}", move |seen| {
+        let chat_url = chat_url.clone();
+        async move {
+            if seen.body.get("messages").is_some() {
+                let r = reqwest::Client::new()
+                    .post(format!("{chat_url}/chat/completions"))
+                    .json(&seen.body)
+                    .send()
+                    .await
+                    .unwrap();
+                return respond(200, &[], Body::from(r.bytes().await.unwrap()));
+            }
+            let body = json!({"id": "resp_up", "object": "response", "created_at": 1, "status": "completed",
+                "model": seen.body["model"], "output": [{"type": "message", "id": "msg_up", "status": "completed",
+                "role": "assistant", "content": [{"type": "output_text", "text": "ok", "annotations": []}]}],
+                "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}});
+            respond(200, &[], Body::from(body.to_string()))
+        }
+    })
+    .await;
+    let mut toml = GatewayConfig::openai(&upstream.base_url)
+        .provider("native_responses", true)
+        .toml();
+    toml.push_str(&format!("\n[mcp]\n{LOCAL}\n"));
+    let gw = TestGateway::start_with_env(&toml, &[(UP_KEY_ENV, UP_KEY)]).await;
+    let (_, key) = gw.key_with_credit(CREDIT).await;
+    let tool = mcp_tool(&server.url, json!({"require_approval": "never"}));
+    let (status, first, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "input": "call add {\"a\":2,\"b\":2}", "tools": [tool]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(item(&first, "mcp_call")["output"], "4");
+
+    let (status, second, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "previous_response_id": first["id"], "input": "thanks"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(answer_text(&second), "ok");
+    let native = upstream
+        .seen()
+        .into_iter()
+        .find(|s| s.body.get("input").is_some())
+        .expect("the follow-up went to the Responses API");
+    let sent: Vec<&str> = native.body["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap_or("message"))
+        .collect();
+    assert!(!sent.iter().any(|t| t.starts_with("mcp_")), "{sent:?}");
+    assert!(sent.contains(&"function_call") && sent.contains(&"function_call_output"));
+    let items = native.body["input"].as_array().unwrap();
+    let call = items.iter().find(|i| i["type"] == "function_call").unwrap();
+    let output = items
+        .iter()
+        .find(|i| i["type"] == "function_call_output")
+        .unwrap();
+    assert_eq!(call["call_id"], output["call_id"]);
+    assert_eq!(call["name"], "calc__add");
+    assert!(output["output"].as_str().unwrap().contains("\n4\n"));
 }

@@ -34,6 +34,8 @@ pub struct Registered {
     pub headers: Vec<(String, String)>,
     /// Header variables that were unset when the gateway started.
     pub missing: Vec<String>,
+    /// The headers those variables were for (name, variable).
+    pub missing_headers: Vec<(String, String)>,
     pub keys: Vec<String>,
 }
 
@@ -59,10 +61,14 @@ impl McpSetup {
             .map(|s| {
                 let mut headers = Vec::new();
                 let mut missing = Vec::new();
+                let mut missing_headers = Vec::new();
                 for (name, var) in &s.headers {
                     match env(var) {
                         Some(value) => headers.push((name.clone(), value)),
-                        None => missing.push(var.clone()),
+                        None => {
+                            missing.push(var.clone());
+                            missing_headers.push((name.clone(), var.clone()));
+                        }
                     }
                 }
                 if !missing.is_empty() {
@@ -73,6 +79,7 @@ impl McpSetup {
                     url: s.url.clone(),
                     headers,
                     missing,
+                    missing_headers,
                     keys: s.keys.clone(),
                 }
             })
@@ -124,12 +131,26 @@ impl McpSetup {
                             format!("The MCP server {:?} is not usable: the gateway was started without the environment variable(s) {} its headers come from. The operator sets them and restarts.", spec.label, reg.missing.join(", ")),
                         ));
                     }
+                    // The operator's headers are not the request's to change.
+                    if let Some((name, _)) = spec.headers.iter().find(|(name, _)| {
+                        reg.headers
+                            .iter()
+                            .chain(reg.missing_headers.iter())
+                            .any(|(own, _)| own.eq_ignore_ascii_case(name))
+                    }) {
+                        return Err(GatewayError::bad_request(
+                            "invalid_request",
+                            format!("The header {name} of the MCP server {:?} is set by the gateway; leave it out of `headers`.", spec.label),
+                            Some(&format!("{param}.headers")),
+                        ));
+                    }
                     let mut headers = reg.headers.clone();
                     headers.extend(spec.headers.iter().cloned());
                     McpServer {
                         url: reg.url.clone(),
                         authorization: spec.authorization.clone(),
                         headers,
+                        trusted: true,
                     }
                 }
                 Some(url) => {
@@ -151,6 +172,7 @@ impl McpSetup {
                         url: url.clone(),
                         authorization: spec.authorization.clone(),
                         headers: spec.headers.clone(),
+                        trusted: false,
                     }
                 }
             };
@@ -269,7 +291,29 @@ struct CallJob<'a> {
 impl Gateway {
     /// Runs the MCP work and model rounds of a request, reporting each item
     /// on `tx` as it starts and ends.
+    /// All of it within `server.max_stream_duration` (shorter than a
+    /// hold's life, so the sweeper never settles a request still running).
     pub(in crate::gateway) async fn mcp_rounds(
+        &self,
+        inner: &mut ChatRequest,
+        run: &McpRun,
+        plan: &[Candidate],
+        ctx: &RequestContext,
+        charge: &mut Charge,
+        tx: &UnboundedSender<Progress>,
+    ) -> Result<McpDone, GatewayError> {
+        let limit = self.max_stream_duration;
+        tokio::time::timeout(limit, self.mcp_work(inner, run, plan, ctx, charge, tx))
+            .await
+            .unwrap_or_else(|_| {
+                Err(GatewayError::unavailable(
+                    "request_too_long",
+                    format!("The request's MCP calls and model rounds reached the gateway's limit of {limit:?} and were stopped."),
+                ))
+            })
+    }
+
+    async fn mcp_work(
         &self,
         inner: &mut ChatRequest,
         run: &McpRun,
@@ -355,7 +399,11 @@ impl Gateway {
             let Some((_, server)) = run.servers.iter().find(|(s, _)| s.label == label) else {
                 continue;
             };
-            let answer = if decision.approve {
+            let capped = run.max_tool_calls.is_some_and(|m| calls_run >= m);
+            let answer = if decision.approve && capped {
+                "This approved call was not run: the request's max_tool_calls was reached."
+                    .to_string()
+            } else if decision.approve {
                 calls_run += 1;
                 let job = CallJob {
                     label,
@@ -383,16 +431,32 @@ impl Gateway {
             Some(Value::Array(t)) => t.clone(),
             _ => Vec::new(),
         };
-        let client_choice = inner.body.get("tool_choice").cloned();
+        let mut choice = inner.body.get("tool_choice").cloned();
+        let output_max = super::super::max_output_tokens(inner.max_tokens, &plan[0].model);
         let mut rounds = 0;
         loop {
+            // A later round must fit in what is left of the hold (a round
+            // may carry more tool output than the hold foresaw).
+            let prompt = crate::billing::estimate_prompt_tokens(&inner.body);
+            if rounds > 0 && !charge.can_afford(prompt, output_max) {
+                done.incomplete = Some("max_cost");
+                return Ok(done);
+            }
             let mut tools = client_tools.clone();
             tools.extend(functions.iter().cloned());
-            inner.offer(tools, client_choice.as_ref());
+            inner.offer(tools, choice.as_ref());
             let completion = self
                 .round(inner, plan, ctx, charge, &mut done.tokens)
                 .await?;
             rounds += 1;
+            // A forced tool ("required", or a named one) forces the first
+            // round only: later ones may answer.
+            if choice
+                .as_ref()
+                .is_some_and(|c| *c != "none" && *c != "auto")
+            {
+                choice = Some(json!("auto"));
+            }
             let message = completion["choices"][0]["message"].clone();
             let calls: Vec<Value> = message
                 .get("tool_calls")
@@ -472,6 +536,8 @@ impl Gateway {
                 messages.push(turn);
                 messages.extend(answers);
             }
+            // What the response says if no later round can run.
+            done.completion = with_calls(completion, Vec::new());
         }
     }
 

@@ -185,7 +185,7 @@ pub async fn prepare(
     let mcp_tools = super::mcp::take_tools(&mut whole, false)?;
     let mut all_items = history.clone();
     all_items.extend(input.iter().cloned());
-    let decisions = super::mcp::decisions(&all_items)?;
+    let decisions = super::mcp::decisions(&input, &all_items)?;
     if mcp_tools.is_empty() && !decisions.is_empty() {
         return Err(bad(
             "tools",
@@ -206,11 +206,12 @@ pub async fn prepare(
     super::mcp::take_tools(&mut native, false)?;
     native.remove("previous_response_id");
     native.insert("store".into(), Value::Bool(false));
-    if !history.is_empty() {
-        let mut items: Vec<Value> = history.iter().map(without_id).collect();
+    let gateway_items = |items: &[Value]| items.iter().any(super::mcp::is_mcp_item);
+    if !history.is_empty() || gateway_items(&input) {
+        let mut items: Vec<Value> = history.iter().flat_map(native_item).collect();
         match request.get("input") {
-            Some(Value::Array(sent)) => items.extend(sent.iter().cloned()),
-            _ => items.extend(input.iter().map(without_id)),
+            Some(Value::Array(sent)) if !gateway_items(sent) => items.extend(sent.iter().cloned()),
+            _ => items.extend(input.iter().flat_map(native_item)),
         }
         native.insert("input".into(), Value::Array(items));
     }
@@ -302,6 +303,34 @@ fn input_items(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
         out.push(Value::Object(item));
     }
     Ok(out)
+}
+
+/// An item as input for a provider that keeps no state: the MCP items the
+/// gateway made become the function call and output they stand for (or
+/// nothing), and other items lose their ids.
+fn native_item(item: &Value) -> Vec<Value> {
+    if !super::mcp::is_mcp_item(item) {
+        return vec![without_id(item)];
+    }
+    super::mcp::history_messages(item, translate::HISTORY_OUTPUT_CHARS)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|message| match message["role"].as_str() {
+            Some("assistant") => message["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|call| {
+                    json!({"type": "function_call", "call_id": call["id"],
+                    "name": call["function"]["name"], "arguments": call["function"]["arguments"]})
+                })
+                .collect::<Vec<_>>(),
+            _ => vec![
+                json!({"type": "function_call_output", "call_id": message["tool_call_id"],
+                "output": message["content"]}),
+            ],
+        })
+        .collect()
 }
 
 /// An item as input for a provider that keeps no state: ids of items the

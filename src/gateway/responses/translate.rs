@@ -19,7 +19,7 @@ use crate::gateway::error::GatewayError;
 
 /// The most characters of an earlier MCP call's output that go back to the
 /// model with the conversation.
-const HISTORY_OUTPUT_CHARS: usize = 20_000;
+pub const HISTORY_OUTPUT_CHARS: usize = 20_000;
 
 /// Request fields that belong to the Responses endpoint itself (storage,
 /// chaining, background runs) and never reach a Chat Completions upstream.
