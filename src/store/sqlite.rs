@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, Transaction};
 
 use super::sql::{
     credited, existing_claim, key_from_row, ledger_from_row, response_from_row, sql_count,
@@ -77,9 +77,8 @@ impl SqliteStore {
             .connect_with(options.clone().read_only(true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        let batch = Batcher::start(options.connect().await.map_err(|e| {
-            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-        })?);
+        let batch = Batcher::start(path, busy_timeout)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         Ok(Self {
             writer,
             reader,

@@ -1,23 +1,23 @@
 //! Group commit for the per-request money path of the SQLite store: holds
 //! and settlements.
 //!
-//! Every request in flight queues its operation to one task, which applies
-//! whatever has queued up as ONE transaction on its own connection:
+//! Every request in flight queues its operation to one thread, which owns
+//! a connection of its own (rusqlite) and applies whatever has queued up
+//! as ONE transaction:
 //!
 //! 1. `BEGIN IMMEDIATE`, the settlements (refunds, ledger rows, removal of
 //!    the holds, usage records) done in SQL, and a read of the balances the
-//!    holds need: one statement batch, one round trip;
+//!    holds need;
 //! 2. the holds decided here, in queue order, against those balances;
-//! 3. the holds written and the transaction committed: a second round trip
-//!    (skipped when there are no holds).
+//! 3. the holds written and the transaction committed.
 //!
-//! Why: with sqlx each statement is a round trip to the connection's worker
-//! thread (several thread wake-ups), and SQLite commits one transaction at
-//! a time. A request used to cost about fifteen round trips; now it costs
-//! its share of at most two per batch. The rows travel as one JSON object
-//! read with `json_each`, so the SQL text, and its prepared statements,
-//! never change. (One parameter for every statement: sqlx misnumbers the
-//! parameters of a later statement that skips some.)
+//! Why: a request's money moves must not each cost a transaction and a
+//! trip to a database thread. Here a request costs one hand-off to this
+//! thread and its share of one transaction; the statements run as direct
+//! calls into SQLite (sqlx, used for the rest of the store, would hand
+//! every statement to its worker thread and back). The rows travel as one
+//! JSON object read with `json_each`, so the SQL text, and its cached
+//! prepared statements, never change.
 //!
 //! Settlements only give credit back, so running a batch's settlements
 //! before its holds is a valid order for operations that were concurrent
@@ -29,13 +29,14 @@
 //! alone, so one bad operation cannot fail the others.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
 
+use rusqlite::Connection;
 use serde_json::{json, Value};
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{sql_count, unavailable};
+use super::sql::sql_count;
 use super::{HoldRequest, HoldResult, StoreError, StoreResult, UsageRecord};
 use crate::config::NanoUsd;
 
@@ -55,22 +56,24 @@ macro_rules! settled {
     };
 }
 
-/// Settlements: refunds, ledger rows, removal of the holds, usage records.
-macro_rules! settlements {
-    () => {
-        concat!(
-            "BEGIN IMMEDIATE;\n",
-            settled!(),
-            "UPDATE api_keys SET balance = balance + t.refund
+/// Settlements: refunds, ledger rows, removal of the holds, usage records
+/// (each statement takes the batch's JSON as `?1`).
+const SETTLEMENTS: [&str; 4] = [
+    concat!(
+        settled!(),
+        "UPDATE api_keys SET balance = balance + t.refund
     FROM (SELECT key_id, SUM(amount - charged) AS refund FROM r GROUP BY key_id) AS t
-    WHERE api_keys.id = t.key_id AND api_keys.balance IS NOT NULL;\n",
-            settled!(),
-            "INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at)
+    WHERE api_keys.id = t.key_id AND api_keys.balance IS NOT NULL"
+    ),
+    concat!(
+        settled!(),
+        "INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at)
     SELECT key_id, CASE WHEN charged = 0 THEN 'release' ELSE 'settle' END, amount - charged, charged,
            request_id, NULL, at
-    FROM r ORDER BY n;
-DELETE FROM holds WHERE hold_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1, '$.settle'));
-INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
+    FROM r ORDER BY n"
+    ),
+    "DELETE FROM holds WHERE hold_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1, '$.settle'))",
+    "INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
                              completion_tokens, cached_tokens, cost, status, outcome, latency_ms,
                              streamed, cancelled, created_at, searches, mcp_calls)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -79,40 +82,30 @@ INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, promp
            json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'),
            json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'),
            json_extract(value, '$[15]'), json_extract(value, '$[16]')
-    FROM json_each(?1, '$.usage');\n"
-        )
-    };
-}
+    FROM json_each(?1, '$.usage')",
+];
 
-/// Settlements, then the balances the holds need (`$.keys`).
-const SETTLE_AND_READ: &str = concat!(
-    settlements!(),
-    "SELECT id, balance FROM api_keys WHERE id IN (SELECT value FROM json_each(?1, '$.keys'))"
-);
-
-/// A batch without holds: settlements and the commit, in one round trip.
-const SETTLE_AND_COMMIT: &str = concat!(settlements!(), "COMMIT");
-
-/// A batch of holds only: the balances they need.
-const READ: &str = "BEGIN IMMEDIATE;
-SELECT id, balance FROM api_keys WHERE id IN (SELECT value FROM json_each(?1, '$.keys'))";
+/// The balances the holds need (`$.keys`).
+const READ: &str =
+    "SELECT id, balance FROM api_keys WHERE id IN (SELECT value FROM json_each(?1, '$.keys'))";
 
 /// The admitted holds: `$.changes` [key_id, balance change], `$.holds`,
-/// `$.ledger` rows in order. Then the commit.
-const WRITE_HOLDS: &str = "UPDATE api_keys SET balance = balance + d.change
+/// `$.ledger` rows in order.
+const WRITE_HOLDS: [&str; 3] = [
+    "UPDATE api_keys SET balance = balance + d.change
     FROM (SELECT json_extract(value, '$[0]') AS key_id, json_extract(value, '$[1]') AS change
           FROM json_each(?1, '$.changes')) AS d
-    WHERE api_keys.id = d.key_id AND api_keys.balance IS NOT NULL;
-INSERT INTO holds (hold_id, request_id, key_id, amount, sent, created_at, expires_at)
+    WHERE api_keys.id = d.key_id AND api_keys.balance IS NOT NULL",
+    "INSERT INTO holds (hold_id, request_id, key_id, amount, sent, created_at, expires_at)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
            json_extract(value, '$[6]')
-    FROM json_each(?1, '$.holds');
-INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at)
+    FROM json_each(?1, '$.holds')",
+    "INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at)
     SELECT json_extract(value, '$[0]'), 'hold', json_extract(value, '$[1]'), 0,
            json_extract(value, '$[2]'), NULL, json_extract(value, '$[3]')
-    FROM json_each(?1, '$.ledger') ORDER BY key;
-COMMIT";
+    FROM json_each(?1, '$.ledger') ORDER BY key",
+];
 
 /// One per-request operation.
 #[derive(Debug)]
@@ -155,12 +148,41 @@ fn closed() -> StoreError {
     StoreError::Unavailable("the store is closed".into())
 }
 
+/// A unique or check constraint broken is a conflict (as the rest of the
+/// store reports it); anything else leaves the store unavailable.
+fn failed(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi;
+    match &e {
+        rusqlite::Error::SqliteFailure(code, message)
+            if matches!(
+                code.extended_code,
+                ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    | ffi::SQLITE_CONSTRAINT_CHECK
+            ) =>
+        {
+            StoreError::Conflict(message.clone().unwrap_or_else(|| e.to_string()))
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
 impl Batcher {
-    /// Starts the task that owns `conn`.
-    pub fn start(conn: SqliteConnection) -> Self {
+    /// Opens the batch connection to the database at `path` (already
+    /// created and migrated) and starts the thread that owns it.
+    pub fn start(path: &Path, busy_timeout: Duration) -> StoreResult<Self> {
+        let conn = Connection::open(path).map_err(failed)?;
+        conn.busy_timeout(busy_timeout).map_err(failed)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(failed)?;
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(conn, rx));
-        Self { queue }
+        std::thread::Builder::new()
+            .name("mume-credit-batch".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the batch thread: {e}")))?;
+        Ok(Self { queue })
     }
 
     pub async fn submit(&self, op: Op) -> StoreResult<Done> {
@@ -185,12 +207,19 @@ impl Batcher {
     }
 }
 
-async fn run(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut msgs = Vec::with_capacity(64);
-    while rx.recv_many(&mut msgs, MAX_BATCH).await > 0 {
+fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    conn.set_prepared_statement_cache_capacity(16);
+    while let Some(first) = rx.blocking_recv() {
+        let mut msgs = vec![first];
+        while msgs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => msgs.push(msg),
+                Err(_) => break,
+            }
+        }
         let mut jobs = Vec::with_capacity(msgs.len());
         let mut close = None;
-        for msg in msgs.drain(..) {
+        for msg in msgs {
             match msg {
                 Msg::Job(job) => jobs.push(*job),
                 Msg::Close(done) => {
@@ -202,37 +231,37 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Msg>) {
             }
         }
         if !jobs.is_empty() {
-            commit(&mut conn, jobs).await;
+            commit(&mut conn, jobs);
         }
         if let Some(done) = close {
-            let _ = conn.close().await;
+            drop(conn);
             let _ = done.send(());
             return;
         }
     }
 }
 
-async fn commit(conn: &mut SqliteConnection, jobs: Vec<Job>) {
+fn commit(conn: &mut Connection, jobs: Vec<Job>) {
     let ops: Vec<&Op> = jobs.iter().map(|j| &j.op).collect();
-    match apply(conn, &ops).await {
+    match apply(conn, &ops) {
         Ok(done) => {
             for (job, done) in jobs.into_iter().zip(done) {
                 let _ = job.reply.send(Ok(done));
             }
         }
         Err(e) if jobs.len() == 1 => {
-            rollback(conn).await;
+            rollback(conn);
             for job in jobs {
                 let _ = job.reply.send(Err(e.clone()));
             }
         }
         Err(e) => {
-            rollback(conn).await;
+            rollback(conn);
             tracing::warn!(error = %e, operations = jobs.len(), "a credit batch failed; applying its operations one by one");
             for job in jobs {
-                let result = apply(conn, &[&job.op]).await;
+                let result = apply(conn, &[&job.op]);
                 if result.is_err() {
-                    rollback(conn).await;
+                    rollback(conn);
                 }
                 let _ = job.reply.send(result.map(|d| d[0]));
             }
@@ -240,12 +269,22 @@ async fn commit(conn: &mut SqliteConnection, jobs: Vec<Job>) {
     }
 }
 
-async fn rollback(conn: &mut SqliteConnection) {
+fn rollback(conn: &mut Connection) {
     // Fails harmlessly if the transaction never began or already ended.
-    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    let _ = conn.execute_batch("ROLLBACK");
 }
 
-async fn apply(conn: &mut SqliteConnection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
+/// Runs each statement with the batch's JSON as `?1`.
+fn execute(conn: &Connection, statements: &[&str], rows: &str) -> StoreResult<()> {
+    for sql in statements {
+        conn.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([rows]))
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
     let mut settle = Vec::new();
     let mut usage = Vec::new();
     let mut settling = HashSet::new();
@@ -271,31 +310,25 @@ async fn apply(conn: &mut SqliteConnection, ops: &[&Op]) -> StoreResult<Vec<Done
             Op::Hold(h) => keys.push(h.key_id.as_str()),
         }
     }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
+    let rows = json!({"settle": settle, "usage": usage, "keys": keys}).to_string();
+    // Statements over empty lists still cost a run each: skip them.
+    if !settle.is_empty() || !usage.is_empty() {
+        execute(conn, &SETTLEMENTS, &rows)?;
+    }
     if keys.is_empty() {
-        sqlx::query(SETTLE_AND_COMMIT)
-            .bind(json!({"settle": settle, "usage": usage}).to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+        conn.execute_batch("COMMIT").map_err(failed)?;
         return Ok(vec![Done::Settled; ops.len()]);
     }
-    // Statements over empty lists still cost a run each: skip them.
-    let read = if settle.is_empty() && usage.is_empty() {
-        READ
-    } else {
-        SETTLE_AND_READ
-    };
-    let first = json!({"settle": settle, "usage": usage, "keys": keys}).to_string();
-    let rows = sqlx::query(read)
-        .bind(first)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
     // key id -> balance (None: unlimited).
-    let mut balances: HashMap<String, Option<NanoUsd>> = rows
-        .iter()
-        .map(|row| (row.get("id"), row.get("balance")))
-        .collect();
+    let mut balances: HashMap<String, Option<NanoUsd>> = HashMap::new();
+    {
+        let mut read = conn.prepare_cached(READ).map_err(failed)?;
+        let mut found = read.query([&rows]).map_err(failed)?;
+        while let Some(row) = found.next().map_err(failed)? {
+            balances.insert(row.get(0).map_err(failed)?, row.get(1).map_err(failed)?);
+        }
+    }
 
     let mut changes: HashMap<&str, NanoUsd> = HashMap::new();
     let mut holds = Vec::new();
@@ -323,14 +356,12 @@ async fn apply(conn: &mut SqliteConnection, ops: &[&Op]) -> StoreResult<Vec<Done
             }
         })
         .collect();
-    let commit = if holds.is_empty() {
-        sqlx::query("COMMIT")
-    } else {
+    if !holds.is_empty() {
         let changes: Vec<Value> = changes.iter().map(|(k, c)| json!([k, c])).collect();
-        let rows = json!({"changes": changes, "holds": holds, "ledger": ledger});
-        sqlx::query(WRITE_HOLDS).bind(rows.to_string())
-    };
-    commit.execute(&mut *conn).await.map_err(unavailable)?;
+        let rows = json!({"changes": changes, "holds": holds, "ledger": ledger}).to_string();
+        execute(conn, &WRITE_HOLDS, &rows)?;
+    }
+    conn.execute_batch("COMMIT").map_err(failed)?;
     Ok(done)
 }
 
