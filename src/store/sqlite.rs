@@ -46,6 +46,26 @@ pub struct SqliteStore {
     pub(super) batch: Batcher,
 }
 
+/// How often the WAL is copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Checkpoints the WAL from the writer connection, off the request path,
+/// until the store closes. PASSIVE: it never waits for, or blocks, the
+/// batch writer.
+async fn checkpoint_forever(writer: SqlitePool) {
+    while !writer.is_closed() {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&writer)
+            .await
+        {
+            if !writer.is_closed() {
+                tracing::warn!(error = %e, "could not checkpoint the SQLite WAL");
+            }
+        }
+    }
+}
+
 impl SqliteStore {
     pub async fn open(path: &Path, busy_timeout: Duration) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -79,6 +99,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         let batch = Batcher::start(path, busy_timeout)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        tokio::spawn(checkpoint_forever(writer.clone()));
         Ok(Self {
             writer,
             reader,

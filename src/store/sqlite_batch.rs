@@ -173,8 +173,12 @@ impl Batcher {
     pub fn start(path: &Path, busy_timeout: Duration) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(failed)?;
         conn.busy_timeout(busy_timeout).map_err(failed)?;
+        // No checkpoints here: copying the WAL into the database (and its
+        // fsync) would stall every request whose hold waits behind it;
+        // `SqliteStore` checkpoints in the background instead.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(failed)?;
         let (queue, rx) = mpsc::unbounded_channel();
