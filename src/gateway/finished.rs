@@ -112,3 +112,29 @@ pub fn chat_usage(u: &Usage) -> Value {
         "total_tokens": u.prompt_tokens + u.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
 }
+
+/// The completion with only `keep` as its tool calls (the gateway ran the
+/// others); with none left, it finished with `stop`.
+pub fn keep_calls(mut completion: Value, keep: Vec<Value>) -> Value {
+    if let Some(m) = completion
+        .pointer_mut("/choices/0/message")
+        .and_then(Value::as_object_mut)
+    {
+        if keep.is_empty() {
+            m.remove("tool_calls");
+        } else {
+            m.insert("tool_calls".into(), Value::Array(keep));
+        }
+    }
+    if keep_is_empty_and_finished_on_calls(&completion) {
+        completion["choices"][0]["finish_reason"] = json!("stop");
+    }
+    completion
+}
+
+fn keep_is_empty_and_finished_on_calls(c: &Value) -> bool {
+    c.pointer("/choices/0/message/tool_calls").is_none()
+        && c.pointer("/choices/0/finish_reason")
+            .and_then(Value::as_str)
+            == Some("tool_calls")
+}

@@ -657,18 +657,7 @@ impl Gateway {
             if ours.is_empty() || !theirs.is_empty() || last {
                 // The answer, or calls of the client's own tools for it to
                 // run: without the gateway's searches in either case.
-                let mut completion = completion;
-                if let Some(m) = completion
-                    .pointer_mut("/choices/0/message")
-                    .and_then(Value::as_object_mut)
-                {
-                    if theirs.is_empty() {
-                        m.remove("tool_calls");
-                    } else {
-                        m.insert("tool_calls".into(), Value::Array(theirs));
-                    }
-                }
-                done.completion = completion;
+                done.completion = finished::keep_calls(completion, theirs);
                 return Ok(done);
             }
             let mut turn = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": ours});

@@ -17,6 +17,7 @@ use crate::billing::Charge;
 use crate::config::usd_string;
 use crate::config::McpConfig;
 use crate::gateway::error::{ErrorKind, GatewayError};
+use crate::gateway::finished::keep_calls;
 use crate::gateway::record::Outcome;
 use crate::gateway::record::{RequestContext, Usage};
 use crate::gateway::request::ChatRequest;
@@ -249,31 +250,6 @@ fn call_error(e: &McpError) -> Value {
     }
 }
 
-/// The completion with only `keep` as its tool calls.
-fn with_calls(mut completion: Value, keep: Vec<Value>) -> Value {
-    if let Some(m) = completion
-        .pointer_mut("/choices/0/message")
-        .and_then(Value::as_object_mut)
-    {
-        if keep.is_empty() {
-            m.remove("tool_calls");
-        } else {
-            m.insert("tool_calls".into(), Value::Array(keep));
-        }
-    }
-    if keep_is_empty_and_finished_on_calls(&completion) {
-        completion["choices"][0]["finish_reason"] = json!("stop");
-    }
-    completion
-}
-
-fn keep_is_empty_and_finished_on_calls(c: &Value) -> bool {
-    c.pointer("/choices/0/message/tool_calls").is_none()
-        && c.pointer("/choices/0/finish_reason")
-            .and_then(Value::as_str)
-            == Some("tool_calls")
-}
-
 /// Sends progress; a listener that has gone is no reason to stop.
 fn report(tx: &UnboundedSender<Progress>, p: Progress) {
     let _ = tx.send(p);
@@ -472,7 +448,7 @@ impl Gateway {
             if ours.is_empty() || !theirs.is_empty() {
                 // The answer, or calls of the client's own tools for it to
                 // run (the MCP calls of that turn are left for later).
-                done.completion = with_calls(completion, theirs);
+                done.completion = keep_calls(completion, theirs);
                 return Ok(done);
             }
             if rounds >= max_rounds {
@@ -481,7 +457,7 @@ impl Gateway {
                 } else {
                     "max_rounds"
                 });
-                done.completion = with_calls(completion, Vec::new());
+                done.completion = keep_calls(completion, Vec::new());
                 return Ok(done);
             }
             let mut turn = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": ours});
@@ -509,7 +485,7 @@ impl Gateway {
                 }
                 if run.max_tool_calls.is_some_and(|m| calls_run >= m) {
                     done.incomplete = Some("max_tool_calls");
-                    done.completion = with_calls(completion, Vec::new());
+                    done.completion = keep_calls(completion, Vec::new());
                     return Ok(done);
                 }
                 calls_run += 1;
@@ -526,7 +502,7 @@ impl Gateway {
             if paused {
                 // The response ends with its approval requests; the client
                 // answers them in the next request.
-                done.completion = with_calls(completion, Vec::new());
+                done.completion = keep_calls(completion, Vec::new());
                 return Ok(done);
             }
             if turn["content"].is_null() {
@@ -537,7 +513,7 @@ impl Gateway {
                 messages.extend(answers);
             }
             // What the response says if no later round can run.
-            done.completion = with_calls(completion, Vec::new());
+            done.completion = keep_calls(completion, Vec::new());
         }
     }
 
