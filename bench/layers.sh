@@ -50,22 +50,7 @@ build_binaries() {
 }
 
 write_config() { # path port with-store?
-    cat >"$1" <<EOF
-[server]
-listen = "127.0.0.1:$2"
-shutdown_grace = "1s"
-
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "http://127.0.0.1:$UP_PORT/v1"
-
-[[models]]
-id = "up/bench"
-prompt_price = "0.10"
-completion_price = "0.20"
-max_output_tokens = 1000
-EOF
+    bench_config "$1" "$2"
     if [[ $3 == yes ]]; then
         printf '\n[store]\npath = "%s"\n' "$WORK/$(basename "$1" .toml).db" >>"$1"
     fi

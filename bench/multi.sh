@@ -35,28 +35,8 @@ MULTI_MD=${MULTI_MD:-$BENCH_DIR/MULTI.md}
 PG_SYNCHRONOUS_COMMIT=${PG_SYNCHRONOUS_COMMIT:-on}
 
 multi_config() { # path port store-lines rate-limit-lines
-    cat >"$1" <<EOF
-[server]
-listen = "127.0.0.1:$2"
-shutdown_grace = "1s"
-
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "http://127.0.0.1:$UP_PORT/v1"
-
-[[models]]
-id = "up/bench"
-prompt_price = "0.10"
-completion_price = "0.20"
-max_output_tokens = 1000
-
-[store]
-$3
-
-[rate_limit]
-$4
-EOF
+    bench_config "$1" "$2"
+    printf '\n[store]\n%s\n\n[rate_limit]\n%s\n' "$3" "$4" >>"$1"
 }
 
 start_gateway() { # name config port

@@ -281,6 +281,27 @@ EOF
 }
 
 # --- The gateway --------------------------------------------------------------
+# The config of a gateway on PORT serving up/bench from the mock upstream;
+# callers append the sections they need.
+bench_config() { # path port
+    cat >"$1" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+shutdown_grace = "1s"
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "http://127.0.0.1:$UP_PORT/v1"
+
+[[models]]
+id = "up/bench"
+prompt_price = "0.10"
+completion_price = "0.20"
+max_output_tokens = 1000
+EOF
+}
+
 start_gateway() {
     local conf=$WORK/gateway.toml
     cat >"$conf" <<EOF

@@ -120,7 +120,13 @@ pub(super) fn validate(raw: &RawMcp, check: &mut Checker<'_>) -> McpConfig {
             d.request_timeout,
         ),
         cache_ttl: check.duration("mcp.cache_ttl", raw.cache_ttl.as_deref(), d.cache_ttl),
-        max_rounds: check.bounded("mcp.max_rounds", raw.max_rounds, 8, 1, 64) as u32,
+        max_rounds: check.bounded(
+            "mcp.max_rounds",
+            raw.max_rounds,
+            u64::from(d.max_rounds),
+            1,
+            64,
+        ) as u32,
         max_response_bytes: check.bounded(
             "mcp.max_response_bytes",
             raw.max_response_bytes,

@@ -126,15 +126,11 @@ pub fn keep_calls(mut completion: Value, keep: Vec<Value>) -> Value {
             m.insert("tool_calls".into(), Value::Array(keep));
         }
     }
-    if keep_is_empty_and_finished_on_calls(&completion) {
+    let none_left = completion
+        .pointer("/choices/0/message/tool_calls")
+        .is_none();
+    if none_left && completion["choices"][0]["finish_reason"] == "tool_calls" {
         completion["choices"][0]["finish_reason"] = json!("stop");
     }
     completion
-}
-
-fn keep_is_empty_and_finished_on_calls(c: &Value) -> bool {
-    c.pointer("/choices/0/message/tool_calls").is_none()
-        && c.pointer("/choices/0/finish_reason")
-            .and_then(Value::as_str)
-            == Some("tool_calls")
 }

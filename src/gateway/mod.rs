@@ -301,39 +301,38 @@ impl Gateway {
         let completion_price = models.iter().map(|m| m.completion_price).max().unwrap_or(0);
         let prompt_est = most(&|m| prompt_estimate(&request, m));
         let output_max = most(&|m| max_output_tokens(request.max_tokens, m));
-        // Each search may add a model round whose prompt carries every
-        // result so far, and costs the backend's price.
-        let extra_hold = search.as_ref().map_or(0, |(_, searcher)| {
-            let n = u64::from(searcher.max_searches);
-            let results = n * searcher.max_results as u64 * SEARCH_RESULT_TOKENS;
-            let round = Pricing {
-                prompt: prompt_price,
-                completion: completion_price,
-                cap: None,
+        // The model rounds after the first (web search and MCP tools, never
+        // both), priced like the first.
+        let rounds = Pricing {
+            prompt: prompt_price,
+            completion: completion_price,
+            cap: None,
+        };
+        let extra_hold = match (&search, &mcp_run) {
+            // Each search may add a model round whose prompt carries every
+            // result so far, and costs the backend's price.
+            (Some((_, searcher)), _) => {
+                let n = u64::from(searcher.max_searches);
+                let results = n * searcher.max_results as u64 * SEARCH_RESULT_TOKENS;
+                let round = rounds.raw_cost(prompt_est + results, output_max);
+                (round.saturating_add(searcher.price)).saturating_mul(n as i64)
             }
-            .raw_cost(prompt_est + results, output_max);
-            (round.saturating_add(searcher.price)).saturating_mul(n as i64)
-        });
-        // Each MCP round after the first carries the servers' tool
-        // definitions (an allowance: they are listed later) and every
-        // earlier round's output and tool results (one call's worth per
-        // round, at the configured output cap of about four characters a
-        // token). A round that would need more stops the request
-        // (`incomplete`, "max_cost") instead of overspending the hold.
-        let mcp_hold = mcp_run.as_ref().map_or(0, |run| {
-            let pricing = Pricing {
-                prompt: prompt_price,
-                completion: completion_price,
-                cap: None,
-            };
-            let per_round = self.mcp.config.max_output_chars as u64 / 4 + output_max;
-            (1..u64::from(self.mcp.max_rounds(run)))
-                .map(|r| {
-                    pricing.raw_cost(prompt_est + MCP_TOOLS_TOKENS + r * per_round, output_max)
-                })
-                .fold(0i64, i64::saturating_add)
-        });
-        let extra_hold = extra_hold.saturating_add(mcp_hold);
+            // Each MCP round after the first carries the servers' tool
+            // definitions (an allowance: they are listed later) and every
+            // earlier round's output and tool results (one call's worth per
+            // round, at the configured output cap of about four characters
+            // a token). A round that would need more stops the request
+            // (`incomplete`, "max_cost") instead of overspending the hold.
+            (None, Some(run)) => {
+                let per_round = self.mcp.config.max_output_chars as u64 / 4 + output_max;
+                (1..u64::from(self.mcp.max_rounds(run)))
+                    .map(|r| {
+                        rounds.raw_cost(prompt_est + MCP_TOOLS_TOKENS + r * per_round, output_max)
+                    })
+                    .fold(0i64, i64::saturating_add)
+            }
+            (None, None) => 0,
+        };
         let spec = ChargeSpec {
             key: key.clone(),
             request_id: ctx.request_id.clone(),

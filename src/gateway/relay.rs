@@ -304,16 +304,29 @@ impl ChunkRelay {
             .id
             .clone()
             .unwrap_or_else(|| format!("chatcmpl-{request_id}"));
-        frame(&json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": self.created.clone().unwrap_or(json!(0)),
-            "model": &*self.public_model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-            "error": error.error_object(request_id),
-            "reqId": request_id,
-        }))
+        let created = self.created.clone().unwrap_or(json!(0));
+        error_chunk(&id, &created, &self.public_model, error, request_id)
     }
+}
+
+/// The last event of a failed Chat Completions stream: a chunk with
+/// `finish_reason: "error"` that carries the error and the request id.
+pub fn error_chunk(
+    id: &str,
+    created: &Value,
+    model: &str,
+    error: &GatewayError,
+    request_id: &str,
+) -> Bytes {
+    frame(&json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+        "error": error.error_object(request_id),
+        "reqId": request_id,
+    }))
 }
 
 /// What one upstream event became, before it is framed.

@@ -165,8 +165,6 @@ pub struct McpClient {
     /// For the servers the operator registered.
     trusted_http: reqwest_mcp::Client,
     limits: ClientLimits,
-    timeout: Duration,
-    ttl: Duration,
     cache: Mutex<HashMap<McpServer, (Instant, Vec<McpTool>)>>,
 }
 
@@ -212,8 +210,6 @@ impl McpClient {
             guard,
             http,
             trusted_http,
-            timeout: limits.timeout,
-            ttl: limits.ttl,
             limits,
             cache: Mutex::default(),
         }
@@ -273,9 +269,9 @@ impl McpClient {
             None => config,
         };
         let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
-        let streamable = tokio::time::timeout(self.timeout, ().serve(transport))
+        let streamable = tokio::time::timeout(self.limits.timeout, ().serve(transport))
             .await
-            .map_err(|_| McpError::Timeout(self.timeout))?;
+            .map_err(|_| McpError::Timeout(self.limits.timeout))?;
         let first_error = match streamable {
             Ok(session) => return Ok(session),
             Err(e) => tidy(&e.to_string()),
@@ -297,14 +293,14 @@ impl McpClient {
                 .await
                 .map_err(|e| McpError::Failed(e.to_string()))
         };
-        match tokio::time::timeout(self.timeout, legacy).await {
+        match tokio::time::timeout(self.limits.timeout, legacy).await {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(McpError::Refused(r))) => Err(McpError::Refused(r)),
             Ok(Err(McpError::Failed(e))) => Err(McpError::Failed(format!(
                 "over Streamable HTTP: {first_error}; over legacy HTTP+SSE: {e}"
             ))),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(McpError::Timeout(self.timeout)),
+            Err(_) => Err(McpError::Timeout(self.limits.timeout)),
         }
     }
 
@@ -316,15 +312,15 @@ impl McpClient {
             .unwrap_or_else(|p| p.into_inner())
             .get(server)
         {
-            if at.elapsed() < self.ttl {
+            if at.elapsed() < self.limits.ttl {
                 return Ok(tools.clone());
             }
         }
         let session = self.connect(server).await?;
-        let listed = tokio::time::timeout(self.timeout, every_page(&session)).await;
+        let listed = tokio::time::timeout(self.limits.timeout, every_page(&session)).await;
         let _ = session.cancel().await;
         let tools: Vec<McpTool> = listed
-            .map_err(|_| McpError::Timeout(self.timeout))??
+            .map_err(|_| McpError::Timeout(self.limits.timeout))??
             .into_iter()
             .map(|t| McpTool {
                 name: t.name.to_string(),
@@ -338,7 +334,7 @@ impl McpClient {
             .collect();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            cache.retain(|_, (at, _)| at.elapsed() < self.limits.ttl);
             if cache.len() >= MAX_CACHED {
                 cache.clear();
             }
@@ -356,10 +352,10 @@ impl McpClient {
     ) -> Result<McpOutput, McpError> {
         let session = self.connect(server).await?;
         let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
-        let called = tokio::time::timeout(self.timeout, session.call_tool(params)).await;
+        let called = tokio::time::timeout(self.limits.timeout, session.call_tool(params)).await;
         let _ = session.cancel().await;
         let result: CallToolResult = called
-            .map_err(|_| McpError::Timeout(self.timeout))?
+            .map_err(|_| McpError::Timeout(self.limits.timeout))?
             .map_err(|e| McpError::Failed(e.to_string()))?;
         let text: Vec<String> = result
             .content

@@ -235,9 +235,15 @@ pub fn take_tools(
     body: &mut Map<String, Value>,
     chat: bool,
 ) -> Result<Vec<ToolSpec>, GatewayError> {
+    let is_mcp = |v: &Value| v.get("type").and_then(Value::as_str) == Some("mcp");
+    let mcp_choice = body.get("tool_choice").is_some_and(is_mcp);
     let Some(Value::Array(tools)) = body.get_mut("tools") else {
         return Ok(Vec::new());
     };
+    // Most requests have no mcp tool: leave their tools as they are.
+    if !mcp_choice && !tools.iter().any(is_mcp) {
+        return Ok(Vec::new());
+    }
     let mut specs = Vec::new();
     let mut kept = Vec::new();
     for (i, tool) in std::mem::take(tools).into_iter().enumerate() {

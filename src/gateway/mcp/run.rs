@@ -33,10 +33,9 @@ pub struct Registered {
     pub label: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
-    /// Header variables that were unset when the gateway started.
-    pub missing: Vec<String>,
-    /// The headers those variables were for (name, variable).
-    pub missing_headers: Vec<(String, String)>,
+    /// Headers whose variables were unset when the gateway started
+    /// (name, variable).
+    pub missing: Vec<(String, String)>,
     pub keys: Vec<String>,
 }
 
@@ -62,25 +61,21 @@ impl McpSetup {
             .map(|s| {
                 let mut headers = Vec::new();
                 let mut missing = Vec::new();
-                let mut missing_headers = Vec::new();
                 for (name, var) in &s.headers {
                     match env(var) {
                         Some(value) => headers.push((name.clone(), value)),
-                        None => {
-                            missing.push(var.clone());
-                            missing_headers.push((name.clone(), var.clone()));
-                        }
+                        None => missing.push((name.clone(), var.clone())),
                     }
                 }
                 if !missing.is_empty() {
-                    tracing::warn!(server = %s.label, variables = ?missing, "an MCP server's header variables are unset; requests for it will get 503");
+                    let variables: Vec<&str> = missing.iter().map(|(_, v)| v.as_str()).collect();
+                    tracing::warn!(server = %s.label, ?variables, "an MCP server's header variables are unset; requests for it will get 503");
                 }
                 Registered {
                     label: s.label.clone(),
                     url: s.url.clone(),
                     headers,
                     missing,
-                    missing_headers,
                     keys: s.keys.clone(),
                 }
             })
@@ -127,16 +122,18 @@ impl McpSetup {
                         ));
                     }
                     if !reg.missing.is_empty() {
+                        let variables: Vec<&str> =
+                            reg.missing.iter().map(|(_, v)| v.as_str()).collect();
                         return Err(GatewayError::unavailable(
                             "mcp_server_unavailable",
-                            format!("The MCP server {:?} is not usable: the gateway was started without the environment variable(s) {} its headers come from. The operator sets them and restarts.", spec.label, reg.missing.join(", ")),
+                            format!("The MCP server {:?} is not usable: the gateway was started without the environment variable(s) {} its headers come from. The operator sets them and restarts.", spec.label, variables.join(", ")),
                         ));
                     }
                     // The operator's headers are not the request's to change.
                     if let Some((name, _)) = spec.headers.iter().find(|(name, _)| {
                         reg.headers
                             .iter()
-                            .chain(reg.missing_headers.iter())
+                            .chain(reg.missing.iter())
                             .any(|(own, _)| own.eq_ignore_ascii_case(name))
                     }) {
                         return Err(GatewayError::bad_request(

@@ -17,7 +17,7 @@ use crate::config::usd_string;
 use crate::gateway::error::GatewayError;
 use crate::gateway::finished::{chat_frames, chat_usage, response_events};
 use crate::gateway::record::{Outcome, RequestContext};
-use crate::gateway::relay::{frame, KEEPALIVE_FRAME};
+use crate::gateway::relay::{error_chunk, frame, KEEPALIVE_FRAME};
 use crate::gateway::request::ChatRequest;
 use crate::gateway::responses::stream::{frames, Event, ResponseStream};
 use crate::gateway::responses::Job;
@@ -157,11 +157,7 @@ impl Shaper {
         match self {
             Shaper::Chat {
                 id, created, model, ..
-            } => frame(&json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-                "error": error.error_object(request_id), "reqId": request_id,
-            })),
+            } => error_chunk(id, &json!(created), model, error, request_id),
             Shaper::Responses { stream, .. } => {
                 let (events, _) = stream.fail(&error.error_object(request_id), request_id);
                 frames(&events)
