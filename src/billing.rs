@@ -453,9 +453,16 @@ impl Settlement {
         let billing = &self.billing;
         let r = &self.record;
         crate::metrics::settled(&r.model, r.prompt_tokens, r.completion_tokens, r.cost);
-        if let Err(e) = billing.store.credits.settle(&self.record).await {
-            // The hold stays open; the sweeper resolves it at its TTL.
-            tracing::error!(request_id = %self.record.request_id, error = %e, "settlement failed; the hold is left to the sweeper");
+        // Queued where the store can: the answer need not wait for the
+        // commit, and whatever the store does next sees it. A request with
+        // an Idempotency-Key waits, so that its outcome below is recorded
+        // only once its money has moved.
+        let queued = self.idempotency.is_none() && billing.store.credits.settle_queued(r);
+        if !queued {
+            if let Err(e) = billing.store.credits.settle(r).await {
+                // The hold stays open; the sweeper resolves it at its TTL.
+                tracing::error!(request_id = %r.request_id, error = %e, "settlement failed; the hold is left to the sweeper");
+            }
         }
         billing
             .limiter

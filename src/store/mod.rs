@@ -283,6 +283,13 @@ pub trait CreditStore: Send + Sync {
     /// `usage.cost` and returning the rest, and writes the usage record, in
     /// one transaction. A second call for the same hold changes nothing.
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<()>;
+    /// Queues `settle` without waiting for it, where the backend runs its
+    /// money moves in order: every hold, settlement and read of this store
+    /// that starts after the call sees it. False if the backend cannot
+    /// (the caller then awaits `settle`).
+    fn settle_queued(&self, _usage: &UsageRecord) -> bool {
+        false
+    }
     /// A top-up or adjustment, written to the ledger.
     async fn credit(
         &self,

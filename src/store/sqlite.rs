@@ -42,7 +42,11 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     /// Holds, sent marks and settlements: group-committed on their own
-    /// connection.
+    /// connection. A settlement may be queued without waiting for it
+    /// (`settle_queued`), so the reads of balances, usage and the ledger
+    /// first `flush` the queue: they see every settlement queued before
+    /// them. (`key_by_hash`, the authentication lookup, does not: its
+    /// result is cached for seconds anyway.)
     pub(super) batch: Batcher,
 }
 
@@ -51,16 +55,20 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Checkpoints the WAL from the writer connection, off the request path,
 /// until the store closes. PASSIVE: it never waits for, or blocks, the
-/// batch writer.
-async fn checkpoint_forever(writer: SqlitePool) {
+/// batch writer. Then the batch thread checkpoints what was committed
+/// meanwhile, so that the WAL can start over (`Batcher::checkpoint`).
+async fn checkpoint_forever(writer: SqlitePool, batch: Batcher) {
     while !writer.is_closed() {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&writer)
             .await
         {
-            if !writer.is_closed() {
-                tracing::warn!(error = %e, "could not checkpoint the SQLite WAL");
+            Ok(_) => batch.checkpoint(),
+            Err(e) => {
+                if !writer.is_closed() {
+                    tracing::warn!(error = %e, "could not checkpoint the SQLite WAL");
+                }
             }
         }
     }
@@ -99,7 +107,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         let batch = Batcher::start(path, busy_timeout)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        tokio::spawn(checkpoint_forever(writer.clone()));
+        tokio::spawn(checkpoint_forever(writer.clone(), batch.clone()));
         Ok(Self {
             writer,
             reader,
@@ -234,6 +242,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn key_by_id(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        self.batch.flush().await;
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
         let row = sqlx::query(&sql)
             .bind(id)
@@ -244,6 +253,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_keys(&self, offset: u64, limit: u64) -> StoreResult<Vec<KeyRecord>> {
+        self.batch.flush().await;
         let sql =
             format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id LIMIT ? OFFSET ?");
         let rows = sqlx::query(&sql)
@@ -256,6 +266,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn update_key(&self, id: &str, patch: &KeyPatch) -> StoreResult<Option<KeyRecord>> {
+        self.batch.flush().await;
         let mut tx = self.begin().await?;
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
         let Some(row) = sqlx::query(&sql)
@@ -340,6 +351,10 @@ impl CreditStore for SqliteStore {
         Ok(())
     }
 
+    fn settle_queued(&self, usage: &UsageRecord) -> bool {
+        self.batch.submit_detached(Op::Settle(usage.clone()))
+    }
+
     async fn credit(
         &self,
         key_id: &str,
@@ -348,6 +363,7 @@ impl CreditStore for SqliteStore {
         note: Option<&str>,
         now: i64,
     ) -> StoreResult<CreditResult> {
+        self.batch.flush().await;
         let mut tx = self.begin().await?;
         let balance = balance_of(&mut tx, key_id).await?;
         let balance = match balance {
@@ -437,6 +453,7 @@ impl CreditStore for SqliteStore {
     }
 
     async fn totals(&self) -> StoreResult<CreditTotals> {
+        self.batch.flush().await;
         let row = sqlx::query(TOTALS)
             .fetch_one(&self.reader)
             .await
@@ -445,6 +462,7 @@ impl CreditStore for SqliteStore {
     }
 
     async fn ledger(&self, key_id: &str) -> StoreResult<Vec<LedgerRow>> {
+        self.batch.flush().await;
         let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = ? ORDER BY seq");
         let rows = sqlx::query(&sql)
             .bind(key_id)
@@ -458,6 +476,7 @@ impl CreditStore for SqliteStore {
 #[async_trait]
 impl UsageStore for SqliteStore {
     async fn generation(&self, key_id: &str, request_id: &str) -> StoreResult<Option<UsageRecord>> {
+        self.batch.flush().await;
         let row = sqlx::query(
             "SELECT * FROM usage WHERE request_id = ? AND key_id = ? ORDER BY created_at DESC LIMIT 1",
         )
@@ -476,6 +495,7 @@ impl UsageStore for SqliteStore {
         week_start: i64,
         month_start: i64,
     ) -> StoreResult<UsageSummary> {
+        self.batch.flush().await;
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, COALESCE(SUM(cost), 0) AS total, \
                     COALESCE(SUM(CASE WHEN created_at >= ?2 THEN cost ELSE 0 END), 0) AS day, \

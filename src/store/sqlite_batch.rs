@@ -5,19 +5,26 @@
 //! a connection of its own (rusqlite) and applies whatever has queued up
 //! as ONE transaction:
 //!
-//! 1. `BEGIN IMMEDIATE`, the settlements (refunds, ledger rows, removal of
-//!    the holds, usage records) done in SQL, and a read of the balances the
-//!    holds need;
-//! 2. the holds decided here, in queue order, against those balances;
-//! 3. the holds written and the transaction committed.
+//! 1. `BEGIN IMMEDIATE`, then the settlements in queue order (refund,
+//!    ledger row, removal of the hold, usage record);
+//! 2. the holds, in queue order, each decided against its key's balance
+//!    as the transaction sees it, and written with its ledger row;
+//! 3. the balance changes, and `COMMIT`.
 //!
 //! Why: a request's money moves must not each cost a transaction and a
 //! trip to a database thread. Here a request costs one hand-off to this
-//! thread and its share of one transaction; the statements run as direct
-//! calls into SQLite (sqlx, used for the rest of the store, would hand
-//! every statement to its worker thread and back). The rows travel as one
-//! JSON object read with `json_each`, so the SQL text, and its cached
-//! prepared statements, never change.
+//! thread and its share of one transaction; the statements are cached,
+//! prepared once, and run as direct calls into SQLite (sqlx, used for the
+//! rest of the store, would hand every statement to its worker thread and
+//! back).
+//!
+//! A settlement that nobody waits for (`submit_detached`: the request has
+//! its answer already) is held back for up to `SETTLE_DELAY`, so that it
+//! rides in the transaction of the next hold instead of paying for one of
+//! its own: most of a transaction's cost is the pages its commit writes to
+//! the WAL, and a hold and a settlement write mostly the same pages. A
+//! `flush` (every read of balances, usage or the ledger does one) commits
+//! whatever is held back first.
 //!
 //! Settlements only give credit back, so running a batch's settlements
 //! before its holds is a valid order for operations that were concurrent
@@ -30,11 +37,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::sql::sql_count;
 use super::{HoldRequest, HoldResult, StoreError, StoreResult, UsageRecord};
@@ -43,69 +50,33 @@ use crate::config::NanoUsd;
 /// The most operations one transaction takes.
 const MAX_BATCH: usize = 512;
 
-/// The open holds being settled, with what each is charged (never more
-/// than the hold). `$.settle` rows: [hold_id, cost, request_id, at].
-macro_rules! settled {
-    () => {
-        "WITH s AS (SELECT json_extract(value, '$[0]') AS hold_id, json_extract(value, '$[1]') AS cost,
-                    json_extract(value, '$[2]') AS request_id, json_extract(value, '$[3]') AS at, key AS n
-             FROM json_each(?1, '$.settle')),
-      r AS (SELECT h.key_id, h.amount, min(max(s.cost, 0), h.amount) AS charged, s.request_id, s.at, s.n
-            FROM s JOIN holds AS h ON h.hold_id = s.hold_id)
-"
-    };
-}
+/// How long a settlement that nobody waits for may be held back, so that
+/// it shares the transaction of the next operation somebody does wait
+/// for (a hold, a read's `flush`) instead of costing one of its own.
+const SETTLE_DELAY: Duration = Duration::from_millis(2);
 
-/// Settlements: refunds, ledger rows, removal of the holds, usage records
-/// (each statement takes the batch's JSON as `?1`).
-const SETTLEMENTS: [&str; 4] = [
-    concat!(
-        settled!(),
-        "UPDATE api_keys SET balance = balance + t.refund
-    FROM (SELECT key_id, SUM(amount - charged) AS refund FROM r GROUP BY key_id) AS t
-    WHERE api_keys.id = t.key_id AND api_keys.balance IS NOT NULL"
-    ),
-    concat!(
-        settled!(),
+/// The statements, each run once per row with its values bound (cached
+/// prepared statements, so the SQL text never changes).
+mod sql {
+    /// The open hold being settled: its key and amount.
+    pub const HOLD: &str = "SELECT key_id, amount FROM holds WHERE hold_id = ?1";
+    pub const UNHOLD: &str = "DELETE FROM holds WHERE hold_id = ?1";
+    pub const HOLD_INSERT: &str =
+        "INSERT INTO holds (hold_id, request_id, key_id, amount, sent, created_at, expires_at)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    /// A key's balance (NULL: unlimited).
+    pub const BALANCE: &str = "SELECT balance FROM api_keys WHERE id = ?1";
+    /// Adds a signed amount to a limited key's balance.
+    pub const MOVE: &str =
+        "UPDATE api_keys SET balance = balance + ?2 WHERE id = ?1 AND balance IS NOT NULL";
+    pub const LEDGER: &str =
         "INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at)
-    SELECT key_id, CASE WHEN charged = 0 THEN 'release' ELSE 'settle' END, amount - charged, charged,
-           request_id, NULL, at
-    FROM r ORDER BY n"
-    ),
-    "DELETE FROM holds WHERE hold_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1, '$.settle'))",
-    "INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
-                             completion_tokens, cached_tokens, cost, status, outcome, latency_ms,
-                             streamed, cancelled, created_at, searches, mcp_calls)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-           json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-           json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
-           json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'),
-           json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'),
-           json_extract(value, '$[15]'), json_extract(value, '$[16]')
-    FROM json_each(?1, '$.usage')",
-];
-
-/// The balances the holds need (`$.keys`).
-const READ: &str =
-    "SELECT id, balance FROM api_keys WHERE id IN (SELECT value FROM json_each(?1, '$.keys'))";
-
-/// The admitted holds: `$.changes` [key_id, balance change], `$.holds`,
-/// `$.ledger` rows in order.
-const WRITE_HOLDS: [&str; 3] = [
-    "UPDATE api_keys SET balance = balance + d.change
-    FROM (SELECT json_extract(value, '$[0]') AS key_id, json_extract(value, '$[1]') AS change
-          FROM json_each(?1, '$.changes')) AS d
-    WHERE api_keys.id = d.key_id AND api_keys.balance IS NOT NULL",
-    "INSERT INTO holds (hold_id, request_id, key_id, amount, sent, created_at, expires_at)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-           json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-           json_extract(value, '$[6]')
-    FROM json_each(?1, '$.holds')",
-    "INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at)
-    SELECT json_extract(value, '$[0]'), 'hold', json_extract(value, '$[1]'), 0,
-           json_extract(value, '$[2]'), NULL, json_extract(value, '$[3]')
-    FROM json_each(?1, '$.ledger') ORDER BY key",
-];
+        VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)";
+    pub const USAGE: &str = "INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
+        completion_tokens, cached_tokens, cost, status, outcome, latency_ms, streamed, cancelled, created_at,
+        searches, mcp_calls)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+}
 
 /// One per-request operation.
 #[derive(Debug)]
@@ -130,18 +101,45 @@ pub(super) enum Done {
 
 struct Job {
     op: Op,
-    reply: oneshot::Sender<StoreResult<Done>>,
+    /// `None`: nobody waits for the result (a failure is logged here).
+    reply: Option<oneshot::Sender<StoreResult<Done>>>,
+}
+
+impl Job {
+    fn answer(self, result: StoreResult<Done>) {
+        match self.reply {
+            Some(reply) => {
+                let _ = reply.send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    let what = match self.op {
+                        Op::Hold(_) => "hold",
+                        Op::Settle(_) => "settlement",
+                        Op::Release { .. } => "release",
+                    };
+                    tracing::error!(error = %e, operation = what, "a queued credit operation failed; its hold is left to the sweeper");
+                }
+            }
+        }
+    }
 }
 
 enum Msg {
     Job(Box<Job>),
+    /// Answered once every operation queued before it is committed (or
+    /// has failed).
+    Flush(oneshot::Sender<()>),
+    /// Checkpoint the WAL here, between two batches (see `checkpoint`).
+    Checkpoint,
     /// Close the connection and stop; later operations fail as unavailable.
     Close(oneshot::Sender<()>),
 }
 
 /// The handle requests queue their operations on.
+#[derive(Clone)]
 pub(super) struct Batcher {
-    queue: mpsc::UnboundedSender<Msg>,
+    queue: mpsc::Sender<Msg>,
 }
 
 fn closed() -> StoreError {
@@ -181,7 +179,7 @@ impl Batcher {
              PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(failed)?;
-        let (queue, rx) = mpsc::unbounded_channel();
+        let (queue, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("mume-credit-batch".into())
             .spawn(move || run(conn, rx))
@@ -192,15 +190,44 @@ impl Batcher {
     pub async fn submit(&self, op: Op) -> StoreResult<Done> {
         let (reply, done) = oneshot::channel();
         self.queue
-            .send(Msg::Job(Box::new(Job { op, reply })))
+            .send(Msg::Job(Box::new(Job {
+                op,
+                reply: Some(reply),
+            })))
             .map_err(|_| closed())?;
         done.await.map_err(|_| closed())?
     }
 
-    /// Queues an operation without waiting for it.
-    pub fn submit_detached(&self, op: Op) {
-        let (reply, _) = oneshot::channel();
-        let _ = self.queue.send(Msg::Job(Box::new(Job { op, reply })));
+    /// Queues an operation without waiting for it: whatever is queued
+    /// later (operations, `flush`) comes after it. False if the store is
+    /// closed.
+    pub fn submit_detached(&self, op: Op) -> bool {
+        self.queue
+            .send(Msg::Job(Box::new(Job { op, reply: None })))
+            .is_ok()
+    }
+
+    /// Waits until every operation queued before this call is committed,
+    /// so that a read that follows sees them.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Asks the thread to checkpoint the WAL between two batches.
+    ///
+    /// SQLite starts the WAL over (writes from its beginning again) only
+    /// when a write transaction begins with every frame already copied to
+    /// the database. Under steady load a checkpoint from another
+    /// connection never gets there, as this thread commits while it runs,
+    /// and the WAL file grows with every request. So the store's
+    /// checkpointer does the copying and the syncs, then asks for this
+    /// one, which finds little left to copy: the WAL stays the size of
+    /// what is written between two checkpoints.
+    pub fn checkpoint(&self) {
+        let _ = self.queue.send(Msg::Checkpoint);
     }
 
     pub async fn close(&self) {
@@ -211,31 +238,82 @@ impl Batcher {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
     conn.set_prepared_statement_cache_capacity(16);
-    while let Some(first) = rx.blocking_recv() {
-        let mut msgs = vec![first];
-        while msgs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(msg) => msgs.push(msg),
-                Err(_) => break,
+    // Settlements nobody waits for, held back until `due` at the latest.
+    let mut deferred: Vec<Job> = Vec::new();
+    let mut due: Option<Instant> = None;
+    loop {
+        let first = match due {
+            None => rx.recv().ok(),
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => {
+                    commit(&mut conn, std::mem::take(&mut deferred));
+                    due = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(first) = first else {
+            // Every handle is gone.
+            if !deferred.is_empty() {
+                commit(&mut conn, deferred);
             }
-        }
-        let mut jobs = Vec::with_capacity(msgs.len());
+            return;
+        };
+        let mut jobs = std::mem::take(&mut deferred);
+        let mut flushed = Vec::new();
+        let mut checkpoint = false;
         let mut close = None;
-        for msg in msgs {
+        // Whether anything here is waited for.
+        let mut now = false;
+        let mut next = Some(first);
+        while let Some(msg) = next {
             match msg {
-                Msg::Job(job) => jobs.push(*job),
+                Msg::Job(job) => {
+                    now |= job.reply.is_some();
+                    jobs.push(*job);
+                }
+                Msg::Flush(done) => {
+                    now = true;
+                    flushed.push(done);
+                }
+                Msg::Checkpoint => {
+                    now = true;
+                    checkpoint = true;
+                }
                 Msg::Close(done) => {
                     // Operations queued after the close are dropped: their
                     // callers see the store as unavailable.
+                    now = true;
                     close = Some(done);
                     break;
                 }
             }
+            if jobs.len() >= MAX_BATCH {
+                now = true;
+                break;
+            }
+            next = rx.try_recv().ok();
         }
+        if !now && due.is_none_or(|at| Instant::now() < at) {
+            due.get_or_insert_with(|| Instant::now() + SETTLE_DELAY);
+            deferred = jobs;
+            continue;
+        }
+        due = None;
         if !jobs.is_empty() {
             commit(&mut conn, jobs);
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+        if checkpoint {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "could not checkpoint the SQLite WAL");
+            }
         }
         if let Some(done) = close {
             drop(conn);
@@ -250,13 +328,13 @@ fn commit(conn: &mut Connection, jobs: Vec<Job>) {
     match apply(conn, &ops) {
         Ok(done) => {
             for (job, done) in jobs.into_iter().zip(done) {
-                let _ = job.reply.send(Ok(done));
+                job.answer(Ok(done));
             }
         }
         Err(e) if jobs.len() == 1 => {
             rollback(conn);
             for job in jobs {
-                let _ = job.reply.send(Err(e.clone()));
+                job.answer(Err(e.clone()));
             }
         }
         Err(e) => {
@@ -267,7 +345,7 @@ fn commit(conn: &mut Connection, jobs: Vec<Job>) {
                 if result.is_err() {
                     rollback(conn);
                 }
-                let _ = job.reply.send(result.map(|d| d[0]));
+                job.answer(result.map(|d| d[0]));
             }
         }
     }
@@ -278,100 +356,159 @@ fn rollback(conn: &mut Connection) {
     let _ = conn.execute_batch("ROLLBACK");
 }
 
-/// Runs each statement with the batch's JSON as `?1`.
-fn execute(conn: &Connection, statements: &[&str], rows: &str) -> StoreResult<()> {
-    for sql in statements {
-        conn.prepare_cached(sql)
-            .and_then(|mut statement| statement.execute([rows]))
-            .map_err(failed)?;
-    }
-    Ok(())
-}
-
 fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
-    let mut settle = Vec::new();
-    let mut usage = Vec::new();
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
+    // Settlements first, in queue order. A hold settled twice in one batch
+    // moves money once.
     let mut settling = HashSet::new();
-    let mut keys = Vec::new();
     for op in ops {
-        match op {
-            Op::Settle(u) => {
-                // A hold settled twice in one batch moves money once.
-                if settling.insert(u.hold_id.as_str()) {
-                    settle.push(json!([u.hold_id, u.cost, u.request_id, u.created_at]));
-                }
-                usage.push(usage_row(u));
-            }
+        let (hold_id, cost, request_id, at) = match op {
+            Op::Settle(u) => (&u.hold_id, u.cost, &u.request_id, u.created_at),
             Op::Release {
                 hold_id,
                 request_id,
                 at,
-            } => {
-                if settling.insert(hold_id.as_str()) {
-                    settle.push(json!([hold_id, 0, request_id, at]));
-                }
-            }
-            Op::Hold(h) => keys.push(h.key_id.as_str()),
+            } => (hold_id, 0, request_id, *at),
+            Op::Hold(_) => continue,
+        };
+        if settling.insert(hold_id.as_str()) {
+            settle_hold(conn, hold_id, cost, request_id, at)?;
+        }
+        if let Op::Settle(u) = op {
+            record_usage(conn, u)?;
         }
     }
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
-    let rows = json!({"settle": settle, "usage": usage, "keys": keys}).to_string();
-    // Statements over empty lists still cost a run each: skip them.
-    if !settle.is_empty() || !usage.is_empty() {
-        execute(conn, &SETTLEMENTS, &rows)?;
-    }
-    if keys.is_empty() {
-        conn.execute_batch("COMMIT").map_err(failed)?;
-        return Ok(vec![Done::Settled; ops.len()]);
-    }
-    // key id -> balance (None: unlimited).
-    let mut balances: HashMap<String, Option<NanoUsd>> = HashMap::new();
-    {
-        let mut read = conn.prepare_cached(READ).map_err(failed)?;
-        let mut found = read.query([&rows]).map_err(failed)?;
-        while let Some(row) = found.next().map_err(failed)? {
-            balances.insert(row.get(0).map_err(failed)?, row.get(1).map_err(failed)?);
-        }
-    }
-
-    let mut changes: HashMap<&str, NanoUsd> = HashMap::new();
-    let mut holds = Vec::new();
-    let mut ledger = Vec::new();
-    let done: Vec<Done> = ops
-        .iter()
-        .map(|op| match op {
-            Op::Settle(_) | Op::Release { .. } => Done::Settled,
-            Op::Hold(h) => {
-                let result = decide(h, &mut balances);
-                if result == HoldResult::Held {
-                    *changes.entry(&h.key_id).or_default() -= h.amount;
-                    holds.push(json!([
-                        h.hold_id,
-                        h.request_id,
-                        h.key_id,
-                        h.amount,
-                        i64::from(h.sent),
-                        h.now,
-                        h.expires_at
-                    ]));
-                    ledger.push(json!([h.key_id, -h.amount, h.request_id, h.now]));
-                }
-                Done::Hold(result)
+    // Then the holds, in queue order, against the balances as they now are.
+    let mut balances: HashMap<&str, Option<Option<NanoUsd>>> = HashMap::new();
+    let mut changes: Vec<(&str, NanoUsd)> = Vec::new();
+    let mut done = Vec::with_capacity(ops.len());
+    for op in ops {
+        let Op::Hold(h) = op else {
+            done.push(Done::Settled);
+            continue;
+        };
+        let balance = match balances.get_mut(h.key_id.as_str()) {
+            Some(b) => b,
+            None => {
+                let read = conn
+                    .prepare_cached(sql::BALANCE)
+                    .and_then(|mut st| st.query_row([&h.key_id], |r| r.get(0)))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })
+                    .map_err(failed)?;
+                balances.entry(h.key_id.as_str()).or_insert(read)
             }
-        })
-        .collect();
-    if !holds.is_empty() {
-        let changes: Vec<Value> = changes.iter().map(|(k, c)| json!([k, c])).collect();
-        let rows = json!({"changes": changes, "holds": holds, "ledger": ledger}).to_string();
-        execute(conn, &WRITE_HOLDS, &rows)?;
+        };
+        let result = decide(h, balance);
+        if result == HoldResult::Held {
+            match changes.iter_mut().find(|(k, _)| *k == h.key_id) {
+                Some((_, change)) => *change -= h.amount,
+                None => changes.push((&h.key_id, -h.amount)),
+            }
+            exec(
+                conn,
+                sql::HOLD_INSERT,
+                rusqlite::params![
+                    h.hold_id,
+                    h.request_id,
+                    h.key_id,
+                    h.amount,
+                    i64::from(h.sent),
+                    h.now,
+                    h.expires_at
+                ],
+            )?;
+            exec(
+                conn,
+                sql::LEDGER,
+                rusqlite::params![h.key_id, "hold", -h.amount, 0, h.request_id, h.now],
+            )?;
+        }
+        done.push(Done::Hold(result));
+    }
+    for (key_id, change) in changes {
+        exec(conn, sql::MOVE, rusqlite::params![key_id, change])?;
     }
     conn.execute_batch("COMMIT").map_err(failed)?;
     Ok(done)
 }
 
-/// Takes the hold out of `balances` if it fits.
-fn decide(h: &HoldRequest, balances: &mut HashMap<String, Option<NanoUsd>>) -> HoldResult {
-    match balances.get_mut(&h.key_id) {
+/// Runs one cached statement with its values.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute(params))
+        .map(drop)
+        .map_err(failed)
+}
+
+/// Resolves the hold `hold_id` if it is still open: charges `cost` (never
+/// more than the hold), gives the rest back, writes the ledger row.
+fn settle_hold(
+    conn: &Connection,
+    hold_id: &str,
+    cost: NanoUsd,
+    request_id: &str,
+    at: i64,
+) -> StoreResult<()> {
+    let open: Option<(String, NanoUsd)> = conn
+        .prepare_cached(sql::HOLD)
+        .and_then(|mut st| st.query_row([hold_id], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(failed)?;
+    let Some((key_id, amount)) = open else {
+        return Ok(());
+    };
+    let charged = cost.max(0).min(amount);
+    let refund = amount - charged;
+    if refund != 0 {
+        exec(conn, sql::MOVE, rusqlite::params![key_id, refund])?;
+    }
+    let kind = if charged == 0 { "release" } else { "settle" };
+    exec(
+        conn,
+        sql::LEDGER,
+        rusqlite::params![key_id, kind, refund, charged, request_id, at],
+    )?;
+    exec(conn, sql::UNHOLD, [hold_id])
+}
+
+fn record_usage(conn: &Connection, u: &UsageRecord) -> StoreResult<()> {
+    exec(
+        conn,
+        sql::USAGE,
+        rusqlite::params![
+            u.hold_id,
+            u.request_id,
+            u.key_id,
+            u.model,
+            u.provider,
+            sql_count(u.prompt_tokens),
+            sql_count(u.completion_tokens),
+            sql_count(u.cached_tokens),
+            u.cost,
+            u.status,
+            u.outcome,
+            sql_count(u.latency_ms),
+            i64::from(u.streamed),
+            i64::from(u.cancelled),
+            u.created_at,
+            u.searches,
+            u.mcp_calls
+        ],
+    )
+}
+
+/// Takes the hold out of the key's balance (`None`: no such key;
+/// `Some(None)`: unlimited) if it fits.
+fn decide(h: &HoldRequest, balance: &mut Option<Option<NanoUsd>>) -> HoldResult {
+    match balance {
         None => HoldResult::NoKey,
         Some(None) => HoldResult::Unlimited,
         Some(Some(balance)) if *balance < h.amount => {
@@ -384,28 +521,6 @@ fn decide(h: &HoldRequest, balances: &mut HashMap<String, Option<NanoUsd>>) -> H
     }
 }
 
-fn usage_row(u: &UsageRecord) -> Value {
-    json!([
-        u.hold_id,
-        u.request_id,
-        u.key_id,
-        u.model,
-        u.provider,
-        sql_count(u.prompt_tokens),
-        sql_count(u.completion_tokens),
-        sql_count(u.cached_tokens),
-        u.cost,
-        u.status,
-        u.outcome,
-        sql_count(u.latency_ms),
-        i64::from(u.streamed),
-        i64::from(u.cancelled),
-        u.created_at,
-        u.searches,
-        u.mcp_calls
-    ])
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{
@@ -413,6 +528,7 @@ mod tests {
     };
     use super::*;
     use crate::accounts::keys::PlainKey;
+    use serde_json::json;
 
     async fn store_with_key(balance: NanoUsd) -> (tempfile::TempDir, SqliteStore, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -454,6 +570,120 @@ mod tests {
             now: 1,
             expires_at: i64::MAX,
         })
+    }
+
+    /// The usage record of the request `req-{hold_id}`, charged `cost`.
+    fn settled(key_id: &str, hold_id: &str, cost: NanoUsd) -> UsageRecord {
+        UsageRecord {
+            hold_id: hold_id.into(),
+            request_id: format!("req-{hold_id}"),
+            key_id: key_id.into(),
+            model: "up/m".into(),
+            provider: "up".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            cached_tokens: 0,
+            cost,
+            status: 200,
+            outcome: "ok".into(),
+            latency_ms: 1,
+            streamed: false,
+            cancelled: false,
+            created_at: 2,
+            searches: 0,
+            mcp_calls: 0,
+        }
+    }
+
+    /// A settlement queued without waiting is held back, yet every read
+    /// and hold that comes after it sees it.
+    #[tokio::test]
+    async fn a_queued_settlement_is_seen_by_what_comes_after_it() {
+        let (_dir, store, key) = store_with_key(100).await;
+        store.batch.submit(hold(&key, "h1", 100)).await.unwrap();
+        assert!(store.settle_queued(&settled(&key, "h1", 30)));
+        assert_eq!(
+            store.key_by_id(&key).await.unwrap().unwrap().balance,
+            Some(70)
+        );
+        let record = store.generation(&key, "req-h1").await.unwrap().unwrap();
+        assert_eq!(record.cost, 30);
+        assert!(store.settle_queued(&settled(&key, "h1", 0)), "a repeat");
+        assert_eq!(
+            store.batch.submit(hold(&key, "h2", 70)).await.unwrap(),
+            Done::Hold(HoldResult::Held)
+        );
+        let kinds: Vec<(String, i64, i64)> = store
+            .ledger(&key)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.kind, r.amount, r.cost))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("topup".into(), 100, 0),
+                ("hold".into(), -100, 0),
+                ("settle".into(), 70, 30),
+                ("hold".into(), -70, 0)
+            ]
+        );
+    }
+
+    /// With nothing else coming, a queued settlement is committed on its
+    /// own within moments.
+    #[tokio::test]
+    async fn a_queued_settlement_alone_is_committed_soon() {
+        let (dir, store, key) = store_with_key(100).await;
+        store.batch.submit(hold(&key, "h1", 100)).await.unwrap();
+        assert!(store.settle_queued(&settled(&key, "h1", 30)));
+        tokio::time::sleep(SETTLE_DELAY * 20).await;
+        // Another connection, so that nothing flushes the queue.
+        let other = Connection::open(dir.path().join("batch.db")).unwrap();
+        let balance: i64 = other.query_row(sql::BALANCE, [&key], |r| r.get(0)).unwrap();
+        assert_eq!(balance, 70);
+    }
+
+    /// Under steady load the WAL starts over after each checkpoint, rather
+    /// than growing with every request until the load stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_bounded_under_steady_load() {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        use std::sync::Arc;
+        let (dir, store, key) = store_with_key(i64::MAX / 2).await;
+        let store = Arc::new(store);
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn({
+            let (store, stop) = (store.clone(), stop.clone());
+            async move {
+                let mut n = 0u64;
+                while !stop.load(Relaxed) {
+                    n += 1;
+                    let id = format!("h{n}");
+                    store.batch.submit(hold(&key, &id, 1)).await.unwrap();
+                    let settle = Op::Settle(settled(&key, &id, 1));
+                    store.batch.submit(settle).await.unwrap();
+                }
+                n
+            }
+        });
+        let wal = dir.path().join("batch.db-wal");
+        let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let early = size();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let late = size();
+        stop.store(true, Relaxed);
+        let requests = load.await.unwrap();
+        assert!(
+            early > 0 && requests > 100,
+            "{early} bytes, {requests} requests"
+        );
+        assert!(
+            late < 2 * early,
+            "the WAL grew from {early} to {late} bytes under steady load ({requests} requests)"
+        );
     }
 
     /// Operations queued together land in one batch and are decided in
