@@ -41,7 +41,7 @@ pub struct AppState {
     pub header_limits: HeaderLimits,
     /// Set when shutdown begins; `/ready` then answers 503.
     pub shutting_down: Arc<AtomicBool>,
-    store_config: StoreConfig,
+    store_config: Arc<StoreConfig>,
 }
 
 /// The variable that overrides `store.url`.
@@ -131,7 +131,7 @@ impl AppState {
                 max_bytes: server.max_header_bytes,
             },
             shutting_down: Arc::default(),
-            store_config: config.store.clone(),
+            store_config: Arc::new(config.store.clone()),
         };
         Ok((state, warnings))
     }
