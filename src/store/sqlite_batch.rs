@@ -595,6 +595,14 @@ mod tests {
         }
     }
 
+    /// A key's ledger: (kind, amount, cost) of each row, oldest first.
+    async fn ledger_of(store: &SqliteStore, key: &str) -> Vec<(String, i64, i64)> {
+        let rows = store.ledger(key).await.unwrap();
+        rows.into_iter()
+            .map(|r| (r.kind, r.amount, r.cost))
+            .collect()
+    }
+
     /// A settlement queued without waiting is held back, yet every read
     /// and hold that comes after it sees it.
     #[tokio::test]
@@ -613,15 +621,8 @@ mod tests {
             store.batch.submit(hold(&key, "h2", 70)).await.unwrap(),
             Done::Hold(HoldResult::Held)
         );
-        let kinds: Vec<(String, i64, i64)> = store
-            .ledger(&key)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.kind, r.amount, r.cost))
-            .collect();
         assert_eq!(
-            kinds,
+            ledger_of(&store, &key).await,
             [
                 ("topup".into(), 100, 0),
                 ("hold".into(), -100, 0),
@@ -744,25 +745,7 @@ mod tests {
     async fn a_refund_funds_a_later_hold_in_the_same_batch() {
         let (_dir, store, key) = store_with_key(100).await;
         store.batch.submit(hold(&key, "h1", 100)).await.unwrap();
-        let usage = UsageRecord {
-            hold_id: "h1".into(),
-            request_id: "req-h1".into(),
-            key_id: key.clone(),
-            model: "up/m".into(),
-            provider: "up".into(),
-            prompt_tokens: 1,
-            completion_tokens: 1,
-            cached_tokens: 0,
-            cost: 30,
-            status: 200,
-            outcome: "ok".into(),
-            latency_ms: 1,
-            streamed: false,
-            cancelled: false,
-            created_at: 2,
-            searches: 0,
-            mcp_calls: 0,
-        };
+        let usage = settled(&key, "h1", 30);
         let (s1, s2, h2) = tokio::join!(
             store.batch.submit(Op::Settle(usage.clone())),
             store.batch.submit(Op::Settle(usage)),
@@ -775,15 +758,8 @@ mod tests {
             store.key_by_id(&key).await.unwrap().unwrap().balance,
             Some(0)
         );
-        let kinds: Vec<(String, i64, i64)> = store
-            .ledger(&key)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.kind, r.amount, r.cost))
-            .collect();
         assert_eq!(
-            kinds,
+            ledger_of(&store, &key).await,
             [
                 ("topup".into(), 100, 0),
                 ("hold".into(), -100, 0),
