@@ -9,7 +9,8 @@
 //!    ledger row, removal of the hold, usage record);
 //! 2. the holds, in queue order, each decided against its key's balance
 //!    as the transaction sees it, and written with its ledger row;
-//! 3. the balance changes, and `COMMIT`.
+//! 3. the balance changes, then the releases (holds given back whole,
+//!    queued behind the hold they release), and `COMMIT`.
 //!
 //! Why: a request's money moves must not each cost a transaction and a
 //! trip to a database thread. Here a request costs one hand-off to this
@@ -362,19 +363,10 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
     // moves money once.
     let mut settling = HashSet::new();
     for op in ops {
-        let (hold_id, cost, request_id, at) = match op {
-            Op::Settle(u) => (&u.hold_id, u.cost, &u.request_id, u.created_at),
-            Op::Release {
-                hold_id,
-                request_id,
-                at,
-            } => (hold_id, 0, request_id, *at),
-            Op::Hold(_) => continue,
-        };
-        if settling.insert(hold_id.as_str()) {
-            settle_hold(conn, hold_id, cost, request_id, at)?;
-        }
         if let Op::Settle(u) = op {
+            if settling.insert(u.hold_id.as_str()) {
+                settle_hold(conn, &u.hold_id, u.cost, &u.request_id, u.created_at)?;
+            }
             record_usage(conn, u)?;
         }
     }
@@ -431,6 +423,20 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
     }
     for (key_id, change) in changes {
         exec(conn, sql::MOVE, rusqlite::params![key_id, change])?;
+    }
+    // Releases last: a release is queued behind the hold it gives back
+    // (whose request stopped waiting for it), and may share its batch.
+    for op in ops {
+        if let Op::Release {
+            hold_id,
+            request_id,
+            at,
+        } = op
+        {
+            if settling.insert(hold_id.as_str()) {
+                settle_hold(conn, hold_id, 0, request_id, *at)?;
+            }
+        }
     }
     conn.execute_batch("COMMIT").map_err(failed)?;
     Ok(done)
@@ -740,6 +746,37 @@ mod tests {
             ("release", 70, 0)
         );
         assert_eq!(store.generation(&key, "req-h1").await.unwrap(), None);
+        assert_eq!(store.totals().await.unwrap().active_holds, 0);
+    }
+
+    /// A release queued right behind its hold (the request stopped waiting
+    /// for it) gives it back even when both land in one batch.
+    #[tokio::test]
+    async fn a_release_in_the_same_batch_as_its_hold_gives_it_back() {
+        let (_dir, store, key) = store_with_key(100).await;
+        let release = Op::Release {
+            hold_id: "h1".into(),
+            request_id: "req-h1".into(),
+            at: 2,
+        };
+        let (held, released) = tokio::join!(
+            store.batch.submit(hold(&key, "h1", 70)),
+            store.batch.submit(release),
+        );
+        assert_eq!(held.unwrap(), Done::Hold(HoldResult::Held));
+        assert_eq!(released.unwrap(), Done::Settled);
+        assert_eq!(
+            store.key_by_id(&key).await.unwrap().unwrap().balance,
+            Some(100)
+        );
+        assert_eq!(
+            ledger_of(&store, &key).await,
+            [
+                ("topup".into(), 100, 0),
+                ("hold".into(), -70, 0),
+                ("release".into(), 70, 0)
+            ]
+        );
         assert_eq!(store.totals().await.unwrap().active_holds, 0);
     }
 
