@@ -537,14 +537,7 @@ impl Gateway {
         ctx: &RequestContext,
         charge: &mut Charge,
     ) -> Result<Reply, GatewayError> {
-        let body = match &request.responses {
-            Some(job) => job.chat_map()?,
-            None => request.body.clone(),
-        };
-        let mut inner = ChatRequest::from_map(body, true)?;
-        inner.body.remove("stream");
-        inner.body.remove("stream_options");
-        inner.stream = false;
+        let mut inner = request.for_rounds(true)?;
         let done = self
             .search_rounds(&mut inner, ws, searcher, plan, ctx, charge)
             .await?;

@@ -63,6 +63,21 @@ impl ChatRequest {
         Self::from_map(parse_object(bytes)?, true)
     }
 
+    /// What a loop the gateway runs itself (web search, MCP) sends for each
+    /// of its model rounds: this request as Chat Completions (a Responses
+    /// request translated), not streamed. `chat`: as for `from_map`.
+    pub fn for_rounds(&self, chat: bool) -> Result<Self, GatewayError> {
+        let body = match &self.responses {
+            Some(job) => job.chat_map()?,
+            None => self.body.clone(),
+        };
+        let mut inner = Self::from_map(body, chat)?;
+        inner.body.remove("stream");
+        inner.body.remove("stream_options");
+        inner.stream = false;
+        Ok(inner)
+    }
+
     /// The typed view of a body already parsed: Chat Completions
     /// (`messages` checked), or a Responses request whose input the caller
     /// has checked.

@@ -41,7 +41,7 @@ use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::sql::sql_count;
@@ -384,12 +384,7 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
             None => {
                 let read = conn
                     .prepare_cached(sql::BALANCE)
-                    .and_then(|mut st| st.query_row([&h.key_id], |r| r.get(0)))
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })
+                    .and_then(|mut st| st.query_row([&h.key_id], |r| r.get(0)).optional())
                     .map_err(failed)?;
                 balances.entry(h.key_id.as_str()).or_insert(read)
             }
@@ -461,11 +456,9 @@ fn settle_hold(
 ) -> StoreResult<()> {
     let open: Option<(String, NanoUsd)> = conn
         .prepare_cached(sql::HOLD)
-        .and_then(|mut st| st.query_row([hold_id], |r| Ok((r.get(0)?, r.get(1)?))))
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
+        .and_then(|mut st| {
+            st.query_row([hold_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })
         .map_err(failed)?;
     let Some((key_id, amount)) = open else {

@@ -596,16 +596,9 @@ impl Gateway {
         ctx: &RequestContext,
         charge: &mut Charge,
     ) -> Result<Reply, GatewayError> {
-        let body = match &request.responses {
-            Some(job) => job.chat_map()?,
-            None => request.body.clone(),
-        };
         // A continuation may hold nothing but the approved calls, whose
         // messages the rounds add.
-        let mut inner = ChatRequest::from_map(body, run.decisions.is_empty())?;
-        inner.body.remove("stream");
-        inner.body.remove("stream_options");
-        inner.stream = false;
+        let mut inner = request.for_rounds(run.decisions.is_empty())?;
         if request.stream {
             let gateway = self
                 .me
