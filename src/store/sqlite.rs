@@ -55,7 +55,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Checkpoints the WAL from the writer connection, off the request path,
 /// until the store closes. PASSIVE: it never waits for, or blocks, the
-/// batch writer. Then the batch thread checkpoints what was committed
+/// batch writer. Then the batch connection checkpoints what was committed
 /// meanwhile, so that the WAL can start over (`Batcher::checkpoint`).
 async fn checkpoint_forever(writer: SqlitePool, batch: Batcher) {
     while !writer.is_closed() {
