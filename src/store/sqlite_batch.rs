@@ -382,7 +382,7 @@ impl Shared {
         for _ in 0..MAX_ROUNDS {
             let mut conn = match self.conn.try_lock() {
                 Ok(conn) => conn,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::Poisoned(p)) => self.recovered(p.into_inner()),
                 Err(TryLockError::WouldBlock) => return,
             };
             let (jobs, flushes) = lock(&self.pending).next_batch();
@@ -426,7 +426,10 @@ impl Shared {
     /// another connection's write lock up to the busy timeout.
     fn combine_waiting(self: &Arc<Self>) {
         {
-            let mut conn = lock(&self.conn);
+            let mut conn = match self.conn.lock() {
+                Ok(conn) => conn,
+                Err(p) => self.recovered(p.into_inner()),
+            };
             let (jobs, flushes) = lock(&self.pending).next_batch();
             match conn.as_mut() {
                 Some(c) => commit_waiting(c, jobs, self.busy_timeout),
@@ -442,6 +445,19 @@ impl Shared {
             }
         }
         self.combine();
+    }
+
+    /// The connection after a panic while it was held: whatever
+    /// transaction it was in is rolled back, so the next batch can begin.
+    fn recovered<'a>(
+        &self,
+        mut conn: MutexGuard<'a, Option<Connection>>,
+    ) -> MutexGuard<'a, Option<Connection>> {
+        if let Some(c) = conn.as_mut() {
+            rollback(c);
+        }
+        self.conn.clear_poison();
+        conn
     }
 
     /// Puts jobs taken from the queue back in front of it.
@@ -1053,6 +1069,29 @@ mod tests {
         other.execute_batch("COMMIT").unwrap();
         assert_eq!(
             placing.await.unwrap().unwrap(),
+            Done::Hold(HoldResult::Held)
+        );
+        assert_eq!(
+            store.key_by_id(&key).await.unwrap().unwrap().balance,
+            Some(40)
+        );
+    }
+
+    /// A panic while the connection was held (a bug mid-batch) leaves it
+    /// inside a transaction: the next caller rolls that back and goes on.
+    #[tokio::test]
+    async fn a_panic_mid_batch_leaves_the_connection_usable() {
+        let (_dir, store, key) = store_with_key(100).await;
+        let shared = store.batch.shared.clone();
+        let crashed = std::thread::spawn(move || {
+            let conn = shared.conn.lock().unwrap();
+            begin(conn.as_ref().unwrap()).unwrap();
+            panic!("a bug mid-batch");
+        })
+        .join();
+        assert!(crashed.is_err() && store.batch.shared.conn.is_poisoned());
+        assert_eq!(
+            store.batch.submit(hold(&key, "h1", 60)).await.unwrap(),
             Done::Hold(HoldResult::Held)
         );
         assert_eq!(
