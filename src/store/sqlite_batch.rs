@@ -13,10 +13,11 @@
 //!    queued behind the hold they release), and `COMMIT`.
 //!
 //! Why: a request's money moves must not each cost a transaction, nor a
-//! trip to a database thread and back (two thread wake-ups, which cost
-//! more CPU than the SQL). Requests that arrive while a batch commits
-//! queue up; the caller that holds the connection takes them before it
-//! lets go, so the next batch has them all. The statements are cached,
+//! trip to a database thread and back (two thread wake-ups). A request
+//! first lets its thread's other ready requests queue theirs, so that
+//! under load one commit takes them all; requests that arrive while a
+//! batch commits queue up, and the caller that holds the connection takes
+//! them before it lets go. The statements are cached,
 //! prepared once, and run as direct calls into SQLite (sqlx, used for the
 //! rest of the store, would hand every statement to its worker thread and
 //! back). A commit writes pages into the OS's cache and never syncs
@@ -266,7 +267,13 @@ impl Batcher {
             });
             pending.urgent = true;
         }
-        self.shared.combine();
+        // Let this thread's other ready requests queue theirs first, so
+        // that under load one commit takes them all; when idle, this
+        // returns at once.
+        tokio::task::yield_now().await;
+        if lock(&self.shared.pending).urgent {
+            self.shared.combine();
+        }
         done.await.map_err(|_| closed())?
     }
 
