@@ -210,8 +210,10 @@ fn failed(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// A poisoned lock still guards consistent data here: every critical
-/// section either finishes its SQLite transaction or rolls it back.
+/// The queue's lock. A panic cannot leave the queue half-changed (its
+/// critical sections only move whole jobs), so a poisoned lock still
+/// guards consistent data. (The connection's lock is taken through
+/// `Shared::conn_waiting` or `recovered`, which roll back.)
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -335,7 +337,7 @@ impl Batcher {
     pub fn checkpoint(&self) {
         let shared = self.shared.clone();
         blocking(move || {
-            if let Some(conn) = lock(&shared.conn).as_ref() {
+            if let Some(conn) = shared.conn_waiting().as_ref() {
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "could not checkpoint the SQLite WAL");
                 }
@@ -350,7 +352,7 @@ impl Batcher {
     pub async fn close(&self) {
         let shared = self.shared.clone();
         let closing = blocking(move || {
-            let mut conn = lock(&shared.conn);
+            let mut conn = shared.conn_waiting();
             let (jobs, flushes) = {
                 let mut pending = lock(&shared.pending);
                 pending.closed = true;
@@ -381,10 +383,8 @@ impl Shared {
     /// so whatever was queued before this call is never left behind.
     ///
     /// Why here: a hand-off to a thread of the store's own costs two
-    /// thread wake-ups per request (about a third of a request's CPU when
-    /// measured), while the work itself is a few page writes into the
-    /// OS's cache (no sync: `synchronous = NORMAL`). Callers that arrive
-    /// while a batch commits queue up, and the next batch takes them all.
+    /// thread wake-ups per request, while the work itself is a few page
+    /// writes into the OS's cache (no sync: `synchronous = NORMAL`).
     fn combine(self: &Arc<Self>) {
         for _ in 0..MAX_ROUNDS {
             let mut conn = match self.conn.try_lock() {
@@ -392,29 +392,15 @@ impl Shared {
                 Err(TryLockError::Poisoned(p)) => self.recovered(p.into_inner()),
                 Err(TryLockError::WouldBlock) => return,
             };
-            let (jobs, flushes) = lock(&self.pending).next_batch();
-            match conn.as_mut() {
-                Some(c) => {
-                    if let Err(jobs) = commit(c, jobs) {
-                        // Another connection holds the write lock: wait
-                        // for it on a blocking thread, in queue order.
-                        drop(conn);
-                        self.requeue(jobs, flushes);
-                        let shared = self.clone();
-                        blocking(move || shared.combine_waiting());
-                        return;
-                    }
-                }
-                None => {
-                    for job in jobs {
-                        job.answer(Err(closed()));
-                    }
-                }
+            if self.commit_next(&mut conn, commit).is_err() {
+                // Another connection holds the write lock: wait for it on
+                // a blocking thread, the batch back in front of the queue.
+                drop(conn);
+                let shared = self.clone();
+                blocking(move || shared.combine_waiting());
+                return;
             }
             drop(conn);
-            for done in flushes {
-                let _ = done.send(());
-            }
             if !lock(&self.pending).urgent {
                 return;
             }
@@ -433,25 +419,50 @@ impl Shared {
     /// another connection's write lock up to the busy timeout.
     fn combine_waiting(self: &Arc<Self>) {
         {
-            let mut conn = match self.conn.lock() {
-                Ok(conn) => conn,
-                Err(p) => self.recovered(p.into_inner()),
-            };
-            let (jobs, flushes) = lock(&self.pending).next_batch();
-            match conn.as_mut() {
-                Some(c) => commit_waiting(c, jobs, self.busy_timeout),
-                None => {
-                    for job in jobs {
-                        job.answer(Err(closed()));
-                    }
-                }
-            }
-            drop(conn);
-            for done in flushes {
-                let _ = done.send(());
-            }
+            let mut conn = self.conn_waiting();
+            let busy_timeout = self.busy_timeout;
+            let _ = self.commit_next(&mut conn, |c, jobs| {
+                commit_waiting(c, jobs, busy_timeout);
+                Ok(())
+            });
         }
         self.combine();
+    }
+
+    /// Takes the next batch from the queue and commits it on `conn` with
+    /// `run`, then answers the flushes that were waiting for it. `Err`:
+    /// `run` gave the batch back, and it is in front of the queue again.
+    fn commit_next(
+        &self,
+        conn: &mut Option<Connection>,
+        run: impl FnOnce(&mut Connection, Vec<Job>) -> Result<(), Vec<Job>>,
+    ) -> Result<(), ()> {
+        let (jobs, flushes) = lock(&self.pending).next_batch();
+        match conn.as_mut() {
+            Some(c) => {
+                if let Err(jobs) = run(c, jobs) {
+                    self.requeue(jobs, flushes);
+                    return Err(());
+                }
+            }
+            None => {
+                for job in jobs {
+                    job.answer(Err(closed()));
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+
+    /// The connection, waiting for it if another caller holds it.
+    fn conn_waiting(&self) -> MutexGuard<'_, Option<Connection>> {
+        match self.conn.lock() {
+            Ok(conn) => conn,
+            Err(p) => self.recovered(p.into_inner()),
+        }
     }
 
     /// The connection after a panic while it was held: whatever
@@ -491,7 +502,7 @@ impl Drop for Shared {
     /// The last handle is gone: commit what was held back.
     fn drop(&mut self) {
         let jobs = take(&mut lock(&self.pending).jobs);
-        if let Some(conn) = lock(&self.conn).as_mut() {
+        if let Some(conn) = self.conn_waiting().as_mut() {
             commit_waiting(conn, jobs, self.busy_timeout);
         }
     }
