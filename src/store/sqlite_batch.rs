@@ -115,11 +115,24 @@ struct Job {
 }
 
 impl Job {
-    fn answer(self, result: StoreResult<Done>) {
+    fn detached(op: Op) -> Self {
+        Self { op, reply: None }
+    }
+
+    /// Answers the job. A hold placed for a request that stopped waiting
+    /// for it (its client left) is an orphan nobody would settle, and the
+    /// sweeper would charge it in full: the release that gives it back
+    /// comes back from here, to be queued.
+    fn answer(self, result: StoreResult<Done>) -> Option<Op> {
         match self.reply {
-            Some(reply) => {
-                let _ = reply.send(result);
-            }
+            Some(reply) => match (self.op, reply.send(result)) {
+                (Op::Hold(h), Err(Ok(Done::Hold(HoldResult::Held)))) => Some(Op::Release {
+                    hold_id: h.hold_id,
+                    request_id: h.request_id,
+                    at: h.now,
+                }),
+                _ => None,
+            },
             None => {
                 if let Err(e) = result {
                     let what = match self.op {
@@ -129,6 +142,7 @@ impl Job {
                     };
                     tracing::error!(error = %e, operation = what, "a queued credit operation failed; its hold is left to the sweeper");
                 }
+                None
             }
         }
     }
@@ -289,7 +303,7 @@ impl Batcher {
             if pending.closed {
                 return false;
             }
-            pending.jobs.push(Job { op, reply: None });
+            pending.jobs.push(Job::detached(op));
             !std::mem::replace(&mut pending.timer, true)
         };
         if set_timer {
@@ -360,7 +374,7 @@ impl Batcher {
                 (take(&mut pending.jobs), take(&mut pending.flushes))
             };
             if let Some(c) = conn.as_mut() {
-                commit_waiting(c, jobs, shared.busy_timeout);
+                commit_all(c, jobs, shared.busy_timeout);
             }
             *conn = None;
             for done in flushes {
@@ -422,8 +436,7 @@ impl Shared {
             let mut conn = self.conn_waiting();
             let busy_timeout = self.busy_timeout;
             let _ = self.commit_next(&mut conn, |c, jobs| {
-                commit_waiting(c, jobs, busy_timeout);
-                Ok(())
+                Ok(commit_waiting(c, jobs, busy_timeout))
             });
         }
         self.combine();
@@ -435,16 +448,22 @@ impl Shared {
     fn commit_next(
         &self,
         conn: &mut Option<Connection>,
-        run: impl FnOnce(&mut Connection, Vec<Job>) -> Result<(), Vec<Job>>,
+        run: impl FnOnce(&mut Connection, Vec<Job>) -> Result<Vec<Op>, Vec<Job>>,
     ) -> Result<(), ()> {
         let (jobs, flushes) = lock(&self.pending).next_batch();
         match conn.as_mut() {
-            Some(c) => {
-                if let Err(jobs) = run(c, jobs) {
+            Some(c) => match run(c, jobs) {
+                Ok(releases) if !releases.is_empty() => {
+                    let mut pending = lock(&self.pending);
+                    pending.jobs.extend(releases.into_iter().map(Job::detached));
+                    pending.urgent = true;
+                }
+                Ok(_) => {}
+                Err(jobs) => {
                     self.requeue(jobs, flushes);
                     return Err(());
                 }
-            }
+            },
             None => {
                 for job in jobs {
                     job.answer(Err(closed()));
@@ -503,34 +522,49 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let jobs = take(&mut lock(&self.pending).jobs);
         if let Some(conn) = self.conn_waiting().as_mut() {
-            commit_waiting(conn, jobs, self.busy_timeout);
+            commit_all(conn, jobs, self.busy_timeout);
         }
     }
 }
 
 /// `commit`, waiting up to `busy_timeout` for another connection's write
-/// lock (on a thread that may block).
-fn commit_waiting(conn: &mut Connection, jobs: Vec<Job>, busy_timeout: Duration) {
+/// lock (on a thread that may block). Returns the releases of orphaned
+/// holds.
+fn commit_waiting(conn: &mut Connection, jobs: Vec<Job>, busy_timeout: Duration) -> Vec<Op> {
     if jobs.is_empty() {
-        return;
+        return Vec::new();
     }
     let _ = conn.busy_timeout(busy_timeout);
-    if let Err(jobs) = commit(conn, jobs) {
+    let releases = commit(conn, jobs).unwrap_or_else(|jobs| {
         let busy = StoreError::Unavailable("the database stayed locked by another writer".into());
         for job in jobs {
-            job.answer(Err(busy.clone()));
+            let _ = job.answer(Err(busy.clone()));
         }
-    }
+        Vec::new()
+    });
     let _ = conn.busy_timeout(Duration::ZERO);
+    releases
+}
+
+/// `commit_waiting`, and then the releases of its orphaned holds (when
+/// nothing will come after: the store is closing).
+fn commit_all(conn: &mut Connection, jobs: Vec<Job>, busy_timeout: Duration) {
+    let releases = commit_waiting(conn, jobs, busy_timeout);
+    commit_waiting(
+        conn,
+        releases.into_iter().map(Job::detached).collect(),
+        busy_timeout,
+    );
 }
 
 /// Commits `jobs` as one transaction and answers them; if that fails,
-/// each alone. `Err`: another connection holds the write lock (and the
-/// busy timeout, if any, ran out); the jobs not yet applied come back in
-/// order, untouched.
-fn commit(conn: &mut Connection, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+/// each alone. `Ok`: the releases of the holds placed for requests that
+/// are gone (`Job::answer`). `Err`: another connection holds the write
+/// lock (and the busy timeout, if any, ran out); the jobs not yet
+/// applied come back in order, untouched.
+fn commit(conn: &mut Connection, jobs: Vec<Job>) -> Result<Vec<Op>, Vec<Job>> {
     if jobs.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     if let Err(e) = begin(conn) {
         if is_busy(&e) {
@@ -538,44 +572,51 @@ fn commit(conn: &mut Connection, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
         }
         let e = failed(e);
         for job in jobs {
-            job.answer(Err(e.clone()));
+            let _ = job.answer(Err(e.clone()));
         }
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ops: Vec<&Op> = jobs.iter().map(|j| &j.op).collect();
     let e = match apply(conn, &ops) {
         Ok(done) => {
-            for (job, done) in jobs.into_iter().zip(done) {
-                job.answer(Ok(done));
-            }
-            return Ok(());
+            return Ok(jobs
+                .into_iter()
+                .zip(done)
+                .filter_map(|(job, done)| job.answer(Ok(done)))
+                .collect());
         }
         Err(e) => e,
     };
     rollback(conn);
     if jobs.len() == 1 {
         for job in jobs {
-            job.answer(Err(e.clone()));
+            let _ = job.answer(Err(e.clone()));
         }
-        return Ok(());
+        return Ok(Vec::new());
     }
     tracing::warn!(error = %e, operations = jobs.len(), "a credit batch failed; applying its operations one by one");
+    let mut releases = Vec::new();
     let mut rest = jobs.into_iter();
     while let Some(job) = rest.next() {
         if let Err(e) = begin(conn) {
             if is_busy(&e) {
-                return Err(std::iter::once(job).chain(rest).collect());
+                // The releases of what was committed still count: queued
+                // ahead of the jobs that come back.
+                let mut back: Vec<Job> = releases.into_iter().map(Job::detached).collect();
+                back.push(job);
+                back.extend(rest);
+                return Err(back);
             }
-            job.answer(Err(failed(e)));
+            let _ = job.answer(Err(failed(e)));
             continue;
         }
         let result = apply(conn, &[&job.op]);
         if result.is_err() {
             rollback(conn);
         }
-        job.answer(result.map(|d| d[0]));
+        releases.extend(job.answer(result.map(|d| d[0])));
     }
-    Ok(())
+    Ok(releases)
 }
 
 fn begin(conn: &Connection) -> rusqlite::Result<()> {
@@ -1116,5 +1157,34 @@ mod tests {
             store.key_by_id(&key).await.unwrap().unwrap().balance,
             Some(40)
         );
+    }
+
+    /// A hold whose request went away while the hold was queued (its
+    /// client left) is given back once it is placed, not left open for
+    /// the sweeper to charge in full.
+    #[tokio::test]
+    async fn a_hold_nobody_waits_for_any_more_is_given_back() {
+        let (_dir, store, key) = store_with_key(100).await;
+        // Polled once (queued, then yielding), then dropped.
+        let gone = futures::FutureExt::now_or_never(store.batch.submit(hold(&key, "h1", 60)));
+        assert!(gone.is_none(), "the request went away with its hold queued");
+        assert_eq!(
+            store.batch.submit(hold(&key, "h2", 10)).await.unwrap(),
+            Done::Hold(HoldResult::Held)
+        );
+        assert_eq!(
+            store.key_by_id(&key).await.unwrap().unwrap().balance,
+            Some(90)
+        );
+        assert_eq!(
+            ledger_of(&store, &key).await,
+            [
+                ("topup".into(), 100, 0),
+                ("hold".into(), -60, 0),
+                ("hold".into(), -10, 0),
+                ("release".into(), 60, 0)
+            ]
+        );
+        assert_eq!(store.totals().await.unwrap().active_holds, 1);
     }
 }
