@@ -185,8 +185,8 @@ impl Pending {
 }
 
 struct Shared {
-    /// Locked before `conn` is, never while `conn` is held by the same
-    /// caller for longer than it takes to empty it.
+    /// Taken alone, or while `conn` is held (never `conn` while this is
+    /// held), and only for as long as it takes to move jobs in or out.
     pending: Mutex<Pending>,
     /// `None` once closed. Whoever holds it commits everything pending.
     conn: Mutex<Option<Connection>>,
@@ -869,6 +869,11 @@ mod tests {
         }
     }
 
+    /// A key's balance as a read sees it (`None`: unlimited).
+    async fn balance_of(store: &SqliteStore, key: &str) -> Option<NanoUsd> {
+        store.key_by_id(key).await.unwrap().unwrap().balance
+    }
+
     /// A key's ledger: (kind, amount, cost) of each row, oldest first.
     async fn ledger_of(store: &SqliteStore, key: &str) -> Vec<(String, i64, i64)> {
         let rows = store.ledger(key).await.unwrap();
@@ -908,10 +913,7 @@ mod tests {
         let (_dir, store, key) = store_with_key(100).await;
         store.batch.submit(hold(&key, "h1", 100)).await.unwrap();
         assert!(store.settle_queued(&settled(&key, "h1", 30)));
-        assert_eq!(
-            store.key_by_id(&key).await.unwrap().unwrap().balance,
-            Some(70)
-        );
+        assert_eq!(balance_of(&store, &key).await, Some(70));
         let record = store.generation(&key, "req-h1").await.unwrap().unwrap();
         assert_eq!(record.cost, 30);
         assert!(store.settle_queued(&settled(&key, "h1", 0)), "a repeat");
@@ -1006,8 +1008,7 @@ mod tests {
             Done::Hold(HoldResult::Insufficient { balance: 40 })
         );
         assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
-        let key_row = store.key_by_id(&key).await.unwrap().unwrap();
-        assert_eq!(key_row.balance, Some(40));
+        assert_eq!(balance_of(&store, &key).await, Some(40));
         let kinds: Vec<(String, i64)> = store
             .ledger(&key)
             .await
@@ -1029,10 +1030,7 @@ mod tests {
             at: 2,
         };
         assert_eq!(store.batch.submit(release).await.unwrap(), Done::Settled);
-        assert_eq!(
-            store.key_by_id(&key).await.unwrap().unwrap().balance,
-            Some(100)
-        );
+        assert_eq!(balance_of(&store, &key).await, Some(100));
         let last = store.ledger(&key).await.unwrap().pop().unwrap();
         assert_eq!(
             (last.kind.as_str(), last.amount, last.cost),
@@ -1056,10 +1054,7 @@ mod tests {
         let [held, released] = <[_; 2]>::try_from(in_one_batch(&store.batch, ops).await).unwrap();
         assert_eq!(held.unwrap(), Done::Hold(HoldResult::Held));
         assert_eq!(released.unwrap(), Done::Settled);
-        assert_eq!(
-            store.key_by_id(&key).await.unwrap().unwrap().balance,
-            Some(100)
-        );
+        assert_eq!(balance_of(&store, &key).await, Some(100));
         assert_eq!(
             ledger_of(&store, &key).await,
             [
@@ -1087,10 +1082,7 @@ mod tests {
         assert_eq!(s1.unwrap(), Done::Settled);
         assert_eq!(s2.unwrap(), Done::Settled);
         assert_eq!(h2.unwrap(), Done::Hold(HoldResult::Held));
-        assert_eq!(
-            store.key_by_id(&key).await.unwrap().unwrap().balance,
-            Some(0)
-        );
+        assert_eq!(balance_of(&store, &key).await, Some(0));
         assert_eq!(
             ledger_of(&store, &key).await,
             [
@@ -1130,10 +1122,7 @@ mod tests {
             placing.await.unwrap().unwrap(),
             Done::Hold(HoldResult::Held)
         );
-        assert_eq!(
-            store.key_by_id(&key).await.unwrap().unwrap().balance,
-            Some(40)
-        );
+        assert_eq!(balance_of(&store, &key).await, Some(40));
     }
 
     /// A panic while the connection was held (a bug mid-batch) leaves it
@@ -1153,10 +1142,7 @@ mod tests {
             store.batch.submit(hold(&key, "h1", 60)).await.unwrap(),
             Done::Hold(HoldResult::Held)
         );
-        assert_eq!(
-            store.key_by_id(&key).await.unwrap().unwrap().balance,
-            Some(40)
-        );
+        assert_eq!(balance_of(&store, &key).await, Some(40));
     }
 
     /// A hold whose request went away while the hold was queued (its
@@ -1172,10 +1158,7 @@ mod tests {
             store.batch.submit(hold(&key, "h2", 10)).await.unwrap(),
             Done::Hold(HoldResult::Held)
         );
-        assert_eq!(
-            store.key_by_id(&key).await.unwrap().unwrap().balance,
-            Some(90)
-        );
+        assert_eq!(balance_of(&store, &key).await, Some(90));
         assert_eq!(
             ledger_of(&store, &key).await,
             [
