@@ -101,9 +101,17 @@ fn run(args: ServeArgs) -> ExitCode {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let runtime = match runtime() {
+    // The first of the serving threads (server.rs): single-threaded, like
+    // the others; background work (the sweeper, checkpoints) runs here too.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     runtime.block_on(async move {
         let (state, warnings) = match AppState::build(&config, &env).await {

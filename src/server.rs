@@ -2,6 +2,14 @@
 //! `serve` does not expose. TCP_NODELAY on every accepted socket, a
 //! header-read timeout that really fires (hyper needs a timer for that),
 //! header caps, and graceful shutdown that lets in-flight streams finish.
+//!
+//! Thread per core: `server.threads` threads each run a single-threaded
+//! runtime. The caller's runtime accepts and hands each new connection,
+//! in turn, to one of them (itself included), which then serves it for
+//! its whole life. A request's tasks, its upstream connection (the
+//! provider clients keep one pool per thread) and its timers all live on
+//! that one thread, so serving it never wakes another thread; a
+//! work-stealing runtime would, at every hand-over between tasks.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,7 +18,8 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ServerConfig;
 
@@ -22,6 +31,8 @@ pub struct ServerOptions {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub shutdown_grace: Duration,
+    /// Serving threads, the caller's included (at least 1).
+    pub threads: usize,
 }
 
 impl From<&ServerConfig> for ServerOptions {
@@ -31,7 +42,94 @@ impl From<&ServerConfig> for ServerOptions {
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             shutdown_grace: s.shutdown_grace,
+            threads: s.threads,
         }
+    }
+}
+
+/// The connections one thread serves.
+struct Connections {
+    http: hyper::server::conn::http1::Builder,
+    graceful: GracefulShutdown,
+    app: Router,
+}
+
+impl Connections {
+    fn new(app: Router, options: &ServerOptions) -> Self {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .max_buf_size((options.max_header_bytes * 4).max(64 << 10))
+            .max_headers(options.max_headers * 4);
+        Self {
+            http,
+            graceful: GracefulShutdown::new(),
+            app,
+        }
+    }
+
+    /// Serves `stream` on a task of the current runtime.
+    fn serve(&self, stream: TcpStream) {
+        let service = TowerToHyperService::new(self.app.clone());
+        let connection = self.http.serve_connection(TokioIo::new(stream), service);
+        let connection = self.graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+
+    /// Lets the open connections finish their requests, for at most
+    /// `grace`; whatever is left is dropped with the runtime.
+    async fn drain(self, grace: Duration) -> bool {
+        tokio::select! {
+            () = self.graceful.shutdown() => true,
+            () = tokio::time::sleep(grace) => false,
+        }
+    }
+}
+
+/// A serving thread: the connections handed to it go down `handoff`;
+/// `done` fires once it has drained them after the hand-over stopped. Its
+/// runtime keeps running until `release` fires or is dropped: sockets
+/// that it opened for shared pools (a Postgres connection, say) may serve
+/// other threads' requests until the very end.
+struct Worker {
+    handoff: mpsc::UnboundedSender<std::net::TcpStream>,
+    done: oneshot::Receiver<bool>,
+    release: oneshot::Sender<()>,
+}
+
+impl Worker {
+    fn start(index: usize, app: Router, options: ServerOptions) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (handoff, mut incoming) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (finished, done) = oneshot::channel();
+        let (release, released) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("mume-serve-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let connections = Connections::new(app, &options);
+                    while let Some(stream) = incoming.recv().await {
+                        // Registered with this thread's reactor from here on.
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => connections.serve(stream),
+                            Err(e) => tracing::debug!("cannot adopt a connection: {e}"),
+                        }
+                    }
+                    let _ = finished.send(connections.drain(options.shutdown_grace).await);
+                    let _ = released.await;
+                });
+            })?;
+        Ok(Self {
+            handoff,
+            done,
+            release,
+        })
     }
 }
 
@@ -43,12 +141,18 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_buf_size((options.max_header_bytes * 4).max(64 << 10))
-        .max_headers(options.max_headers * 4);
+    let mut workers = Vec::new();
+    for index in 1..options.threads.max(1) {
+        match Worker::start(index, app.clone(), options) {
+            Ok(worker) => workers.push(worker),
+            Err(e) => {
+                tracing::warn!("cannot start serving thread {index}: {e}; serving on fewer");
+                break;
+            }
+        }
+    }
+    let local = Connections::new(app, &options);
+    let mut turn = 0usize;
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -66,23 +170,48 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("set_nodelay failed: {e}");
         }
-        let service = TowerToHyperService::new(app.clone());
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection ended: {e}");
+        turn = (turn + 1) % (workers.len() + 1);
+        let Some(worker) = turn.checked_sub(1).and_then(|i| workers.get(i)) else {
+            local.serve(stream);
+            continue;
+        };
+        match stream.into_std() {
+            Ok(stream) => {
+                if let Err(back) = worker.handoff.send(stream) {
+                    // That thread is gone (it cannot be, short of a panic):
+                    // serve the connection here instead.
+                    if let Ok(stream) = TcpStream::from_std(back.0) {
+                        local.serve(stream);
+                    }
+                }
             }
-        });
+            Err(e) => tracing::debug!("cannot hand a connection over: {e}"),
+        }
     }
     drop(listener);
     tracing::info!(
         "shutting down: no new connections; waiting up to {:?} for in-flight requests",
         options.shutdown_grace
     );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(options.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
+    // Closing the hand-over channels starts every thread's own drain.
+    let mut waits = Vec::new();
+    let mut releases = Vec::new();
+    for worker in workers {
+        drop(worker.handoff);
+        waits.push(worker.done);
+        releases.push(worker.release);
+    }
+    let mut drained = local.drain(options.shutdown_grace).await;
+    for done in waits {
+        drained &= done.await.unwrap_or(false);
+    }
+    for release in releases {
+        let _ = release.send(());
+    }
+    if drained {
+        tracing::info!("all connections closed");
+    } else {
+        tracing::warn!("grace period over; closing remaining connections");
     }
 }
 
@@ -105,5 +234,100 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use axum::routing::get;
+
+    use super::*;
+
+    fn options(threads: usize) -> ServerOptions {
+        ServerOptions {
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 << 10,
+            max_headers: 100,
+            shutdown_grace: Duration::from_secs(5),
+            threads,
+        }
+    }
+
+    /// Which thread served the request.
+    async fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("?").to_string()
+    }
+
+    /// A client with one connection of its own (no pool shared with the
+    /// others), kept alive between its requests.
+    fn one_connection() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_dealt_out_to_every_thread_and_stay_on_theirs() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let app = Router::new().route("/", get(thread_name));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(serve(listener, app, options(3), async {
+            let _ = stopped.await;
+        }));
+        let here = std::thread::current().name().unwrap_or("?").to_string();
+
+        let mut seen = HashSet::new();
+        for _ in 0..6 {
+            let client = one_connection();
+            let first = client.get(&url).send().await.unwrap().text().await.unwrap();
+            for _ in 0..3 {
+                let again = client.get(&url).send().await.unwrap().text().await.unwrap();
+                assert_eq!(again, first, "a connection moved between threads");
+            }
+            seen.insert(first);
+        }
+        let expected: HashSet<String> = [here, "mume-serve-1".into(), "mume-serve-2".into()]
+            .into_iter()
+            .collect();
+        assert_eq!(seen, expected);
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("every thread drains and serve returns")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_on_another_thread_finishes_after_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/slow", listener.local_addr().unwrap());
+        let app = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                thread_name().await
+            }),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(serve(listener, app, options(2), async {
+            let _ = stopped.await;
+        }));
+        // The first connection goes to the other thread.
+        let pending = tokio::spawn(one_connection().get(&url).send());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let reply = pending.await.unwrap().unwrap();
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.text().await.unwrap(), "mume-serve-1");
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("serve returns once the thread has drained")
+            .unwrap();
     }
 }

@@ -103,6 +103,8 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     pub max_stream_duration: Duration,
     pub shutdown_grace: Duration,
+    /// Serving threads, each with a single-threaded runtime of its own.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -666,6 +668,13 @@ fn validate_server(raw: &RawServer, check: &mut Checker<'_>) -> ServerConfig {
             raw.shutdown_grace.as_deref(),
             Duration::from_secs(30),
         ),
+        threads: check.bounded(
+            "server.threads",
+            raw.threads,
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(256)) as u64,
+            1,
+            256,
+        ) as usize,
     }
 }
 

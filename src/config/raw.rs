@@ -106,6 +106,7 @@ pub struct RawServer {
     pub keepalive_interval: Option<String>,
     pub max_stream_duration: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub threads: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,5 @@
 //! The HTTP side of every provider that speaks to a server: one client
-//! per provider (connect timeout, no redirects), the gateway's own key in
+//! per provider and thread (connect timeout, no redirects), the gateway's own key in
 //! the header the provider wants, the first-byte and total limits, error
 //! bodies read into `ProviderError`, and the redaction of the key from
 //! anything an upstream echoes. Adapters (`openai.rs`, `anthropic.rs`)
@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::Value;
+use thread_local::ThreadLocal;
 
 use super::{sse, EventStream, ProviderError};
 use crate::config::{ProviderConfig, Timeouts};
@@ -44,7 +45,14 @@ pub struct Transport {
     url: reqwest::Url,
     auth: Result<Option<Secret>, String>,
     headers: HeaderMap,
+    /// Built at start, so that a bad setting fails there; the template of
+    /// every thread's own client.
     client: reqwest::Client,
+    /// One client, so one connection pool, per thread that calls: a
+    /// serving thread's upstream connections are driven by its own
+    /// runtime, and a request never waits on another thread's.
+    per_thread: ThreadLocal<reqwest::Client>,
+    connect_timeout: Duration,
     timeouts: Timeouts,
 }
 
@@ -87,8 +95,22 @@ impl Transport {
             headers.insert(name, value);
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.timeouts.connect)
+        let client = Self::client_with(config.timeouts.connect)
+            .map_err(|e| ProviderError::NotConfigured(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            url: Self::url_at(config, path)?,
+            auth,
+            headers,
+            client,
+            per_thread: ThreadLocal::new(),
+            connect_timeout: config.timeouts.connect,
+            timeouts: config.timeouts,
+        })
+    }
+
+    fn client_with(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
@@ -96,13 +118,13 @@ impl Transport {
             // redirect elsewhere with the gateway's key.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| ProviderError::NotConfigured(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            url: Self::url_at(config, path)?,
-            auth,
-            headers,
-            client,
-            timeouts: config.timeouts,
+    }
+
+    /// This thread's client (the one built at start if another cannot be
+    /// built, which the first build having worked rules out in practice).
+    fn client(&self) -> &reqwest::Client {
+        self.per_thread.get_or(|| {
+            Self::client_with(self.connect_timeout).unwrap_or_else(|_| self.client.clone())
         })
     }
 
@@ -135,7 +157,7 @@ impl Transport {
             .as_ref()
             .map_err(|m| ProviderError::NotConfigured(m.clone()))?;
         let mut request = self
-            .client
+            .client()
             .post(url.unwrap_or(&self.url).clone())
             .headers(self.headers.clone())
             .body(body);

@@ -22,9 +22,11 @@ const ADMIN: &str = "admin-secret-for-routing-tests";
 
 /// A gateway config: providers `(name, base_url)` sharing `provider_settings`,
 /// then `rest` (models, routing) as written. Real-time tests use backoffs
-/// of at most 50 ms; the tests of the waits themselves pause tokio's clock.
+/// of at most 50 ms; the tests of the waits themselves pause tokio's clock,
+/// so the gateway serves on the test's own runtime (one thread), whose
+/// clock that is.
 fn config(providers: &[(&str, &str)], provider_settings: &str, rest: &str) -> String {
-    let mut out = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+    let mut out = String::from("[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n");
     // Short backoffs unless the test sets its own.
     let backoff = if provider_settings.contains("backoff_") {
         ""
