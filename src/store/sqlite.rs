@@ -644,3 +644,138 @@ impl ResponseStore for SqliteStore {
         Ok(done.rows_affected())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database as the migrations before 0006 left it, with a key, its
+    /// ledger, an open hold and a usage record.
+    async fn database_before_0006(path: &Path) {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
+            .await
+            .unwrap();
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        let before: Vec<_> = migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < 6)
+            .cloned()
+            .collect();
+        assert_eq!(before.len(), 5);
+        migrator.migrations = before.into();
+        migrator.run(&pool).await.unwrap();
+        for statement in [
+            "INSERT INTO api_keys (id, hash, display, name, created_at, balance)
+             VALUES ('k1', x'01', 'sk-mume-…0001', 'old', 1, 1000)",
+            "INSERT INTO ledger (key_id, kind, amount, request_id, created_at)
+             VALUES ('k1', 'topup', 2000, NULL, 1), ('k1', 'hold', -600, 'r0', 2),
+                    ('k1', 'settle', 100, 'r0', 3), ('k1', 'hold', -500, 'r1', 4)",
+            "INSERT INTO holds (hold_id, request_id, key_id, amount, sent, created_at, expires_at)
+             VALUES ('h1', 'r1', 'k1', 500, 1, 4, 10)",
+            "INSERT INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
+                completion_tokens, cached_tokens, cost, status, outcome, latency_ms, streamed,
+                cancelled, created_at, searches, mcp_calls)
+             VALUES ('h0', 'r0', 'k1', 'up/m', 'up', 10, 20, 0, 500, 200, 'ok', 7, 0, 0, 3, 0, 0)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+
+    fn usage(hold_id: &str, request_id: &str, cost: NanoUsd, at: i64) -> UsageRecord {
+        UsageRecord {
+            hold_id: hold_id.into(),
+            request_id: request_id.into(),
+            key_id: "k1".into(),
+            model: "up/m".into(),
+            provider: "up".into(),
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            cached_tokens: 0,
+            cost,
+            status: 200,
+            outcome: "ok".into(),
+            latency_ms: 1,
+            streamed: false,
+            cancelled: false,
+            created_at: at,
+            searches: 0,
+            mcp_calls: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn migration_0006_keeps_every_row_and_the_rules_they_live_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        database_before_0006(&path).await;
+        let store = SqliteStore::open(&path, Duration::from_secs(1))
+            .await
+            .unwrap();
+
+        let ledger = store.ledger("k1").await.unwrap();
+        let seqs: Vec<i64> = ledger.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let old = store
+            .generation("k1", "r0")
+            .await
+            .unwrap()
+            .expect("usage kept");
+        assert_eq!((old.cost, old.completion_tokens), (500, 20));
+
+        // The open hold survived: the sweeper charges it, in a new ledger
+        // row numbered after the old ones.
+        let swept = store.sweep_expired(100).await.unwrap();
+        assert_eq!((swept.settled, swept.released), (1, 0));
+        let ledger = store.ledger("k1").await.unwrap();
+        assert_eq!(ledger.last().unwrap().seq, 5);
+        assert_eq!(
+            store.key_by_id("k1").await.unwrap().unwrap().balance,
+            Some(1000)
+        );
+
+        // Holds and settlements work on the new tables; a hold settles once.
+        let hold = HoldRequest {
+            hold_id: "h2".into(),
+            request_id: "r2".into(),
+            key_id: "k1".into(),
+            amount: 300,
+            sent: true,
+            now: 200,
+            expires_at: 10_000,
+        };
+        assert_eq!(store.hold(&hold).await.unwrap(), HoldResult::Held);
+        store.settle(&usage("h2", "r2", 100, 201)).await.unwrap();
+        store.settle(&usage("h2", "r2", 100, 202)).await.unwrap();
+        assert_eq!(
+            store.key_by_id("k1").await.unwrap().unwrap().balance,
+            Some(900)
+        );
+        assert_eq!(
+            store.generation("k1", "r2").await.unwrap().unwrap().cost,
+            100
+        );
+        let seqs: Vec<i64> = store
+            .ledger("k1")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7]);
+        // The ledger is still append-only.
+        assert!(sqlx::query("DELETE FROM ledger WHERE seq = 1")
+            .execute(&store.writer)
+            .await
+            .is_err());
+        store.close().await;
+    }
+}

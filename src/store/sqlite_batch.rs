@@ -62,7 +62,7 @@ const MAX_BATCH: usize = 512;
 /// How long a settlement that nobody waits for may be held back, so that
 /// it shares the transaction of the next operation somebody does wait
 /// for (a hold, a read's `flush`) instead of costing one of its own.
-const SETTLE_DELAY: Duration = Duration::from_millis(2);
+const SETTLE_DELAY: Duration = Duration::from_millis(10);
 
 /// The statements, each run once per row with its values bound (cached
 /// prepared statements, so the SQL text never changes).
