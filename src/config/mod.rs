@@ -1078,6 +1078,18 @@ mod tests {
     }
 
     #[test]
+    fn serving_threads_default_to_one_per_core_and_are_bounded() {
+        let config = parse(EMBEDDED_DEFAULT, "default").unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(config.server.threads, cores);
+        let config = parse("[server]\nthreads = 3\n", "t.toml").unwrap();
+        assert_eq!(config.server.threads, 3);
+        let err = parse("[server]\nthreads = 0\n", "t.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "server.threads");
+        assert!(err.problems[0].fix.contains("1 to 256"), "{:?}", err.problems);
+    }
+
+    #[test]
     fn syntax_errors_name_the_position() {
         let err = parse("[server\nlisten=1", "bad.toml").unwrap_err();
         assert_eq!(err.problems[0].key, "(syntax)");
