@@ -1086,7 +1086,11 @@ mod tests {
         assert_eq!(config.server.threads, 3);
         let err = parse("[server]\nthreads = 0\n", "t.toml").unwrap_err();
         assert_eq!(err.problems[0].key, "server.threads");
-        assert!(err.problems[0].fix.contains("1 to 256"), "{:?}", err.problems);
+        assert!(
+            err.problems[0].fix.contains("1 to 256"),
+            "{:?}",
+            err.problems
+        );
     }
 
     #[test]

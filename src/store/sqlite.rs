@@ -647,6 +647,7 @@ impl ResponseStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sqlite_batch::tests::settled;
     use super::*;
 
     /// A database as the migrations before 0006 left it, with a key, its
@@ -690,28 +691,6 @@ mod tests {
         pool.close().await;
     }
 
-    fn usage(hold_id: &str, request_id: &str, cost: NanoUsd, at: i64) -> UsageRecord {
-        UsageRecord {
-            hold_id: hold_id.into(),
-            request_id: request_id.into(),
-            key_id: "k1".into(),
-            model: "up/m".into(),
-            provider: "up".into(),
-            prompt_tokens: 1,
-            completion_tokens: 2,
-            cached_tokens: 0,
-            cost,
-            status: 200,
-            outcome: "ok".into(),
-            latency_ms: 1,
-            streamed: false,
-            cancelled: false,
-            created_at: at,
-            searches: 0,
-            mcp_calls: 0,
-        }
-    }
-
     #[tokio::test]
     async fn migration_0006_keeps_every_row_and_the_rules_they_live_by() {
         let dir = tempfile::tempdir().unwrap();
@@ -745,7 +724,7 @@ mod tests {
         // Holds and settlements work on the new tables; a hold settles once.
         let hold = HoldRequest {
             hold_id: "h2".into(),
-            request_id: "r2".into(),
+            request_id: "req-h2".into(),
             key_id: "k1".into(),
             amount: 300,
             sent: true,
@@ -753,14 +732,19 @@ mod tests {
             expires_at: 10_000,
         };
         assert_eq!(store.hold(&hold).await.unwrap(), HoldResult::Held);
-        store.settle(&usage("h2", "r2", 100, 201)).await.unwrap();
-        store.settle(&usage("h2", "r2", 100, 202)).await.unwrap();
+        store.settle(&settled("k1", "h2", 100)).await.unwrap();
+        store.settle(&settled("k1", "h2", 100)).await.unwrap();
         assert_eq!(
             store.key_by_id("k1").await.unwrap().unwrap().balance,
             Some(900)
         );
         assert_eq!(
-            store.generation("k1", "r2").await.unwrap().unwrap().cost,
+            store
+                .generation("k1", "req-h2")
+                .await
+                .unwrap()
+                .unwrap()
+                .cost,
             100
         );
         let seqs: Vec<i64> = store

@@ -796,7 +796,7 @@ fn decide(h: &HoldRequest, balance: &mut Option<Option<NanoUsd>>) -> HoldResult 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{
         CreditStore, KeyLimits, KeyRecord, KeyStore, NewKey, SqliteStore, UsageStore,
     };
@@ -847,7 +847,8 @@ mod tests {
     }
 
     /// The usage record of the request `req-{hold_id}`, charged `cost`.
-    fn settled(key_id: &str, hold_id: &str, cost: NanoUsd) -> UsageRecord {
+    /// The usage record of request `req-HOLD_ID`, which cost `cost`.
+    pub(in crate::store) fn settled(key_id: &str, hold_id: &str, cost: NanoUsd) -> UsageRecord {
         UsageRecord {
             hold_id: hold_id.into(),
             request_id: format!("req-{hold_id}"),
