@@ -103,15 +103,25 @@ struct Worker {
 
 impl Worker {
     fn start(index: usize, app: Router, options: ServerOptions) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let (handoff, mut incoming) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let (finished, done) = oneshot::channel();
         let (release, released) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("mume-serve-{index}"))
             .spawn(move || {
+                // Built (and dropped) on this thread: a runtime must not be
+                // dropped inside another one. If it cannot be built, the
+                // hand-over fails and the accepting thread serves instead.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::warn!("serving thread {index} cannot start: {e}");
+                        return;
+                    }
+                };
                 runtime.block_on(async move {
                     let connections = Connections::new(app, &options);
                     while let Some(stream) = incoming.recv().await {
