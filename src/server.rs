@@ -8,8 +8,9 @@
 //! in turn, to one of them (itself included), which then serves it for
 //! its whole life. A request's tasks, its upstream connection (the
 //! provider clients keep one pool per thread) and its timers all live on
-//! that one thread, so serving it never wakes another thread; a
-//! work-stealing runtime would, at every hand-over between tasks.
+//! that one thread, so serving it wakes no other thread unless it needs
+//! a shared pool (a store lookup, Redis); a work-stealing runtime would
+//! wake one at nearly every hand-over between tasks.
 
 use std::future::Future;
 use std::time::Duration;
