@@ -847,7 +847,6 @@ pub(super) mod tests {
     }
 
     /// The usage record of the request `req-{hold_id}`, charged `cost`.
-    /// The usage record of request `req-HOLD_ID`, which cost `cost`.
     pub(in crate::store) fn settled(key_id: &str, hold_id: &str, cost: NanoUsd) -> UsageRecord {
         UsageRecord {
             hold_id: hold_id.into(),
