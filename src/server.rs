@@ -189,8 +189,8 @@ pub async fn serve(
         match stream.into_std() {
             Ok(stream) => {
                 if let Err(back) = worker.handoff.send(stream) {
-                    // That thread is gone (it cannot be, short of a panic):
-                    // serve the connection here instead.
+                    // That thread is gone (its runtime could not be built,
+                    // or it panicked): serve the connection here instead.
                     if let Ok(stream) = TcpStream::from_std(back.0) {
                         local.serve(stream);
                     }

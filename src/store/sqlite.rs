@@ -647,7 +647,7 @@ impl ResponseStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sqlite_batch::tests::settled;
+    use super::super::sqlite_batch::tests::{balance_of, settled};
     use super::*;
 
     /// A database as the migrations before 0006 left it, with a key, its
@@ -716,10 +716,7 @@ mod tests {
         assert_eq!((swept.settled, swept.released), (1, 0));
         let ledger = store.ledger("k1").await.unwrap();
         assert_eq!(ledger.last().unwrap().seq, 5);
-        assert_eq!(
-            store.key_by_id("k1").await.unwrap().unwrap().balance,
-            Some(1000)
-        );
+        assert_eq!(balance_of(&store, "k1").await, Some(1000));
 
         // Holds and settlements work on the new tables; a hold settles once.
         let hold = HoldRequest {
@@ -734,10 +731,7 @@ mod tests {
         assert_eq!(store.hold(&hold).await.unwrap(), HoldResult::Held);
         store.settle(&settled("k1", "h2", 100)).await.unwrap();
         store.settle(&settled("k1", "h2", 100)).await.unwrap();
-        assert_eq!(
-            store.key_by_id("k1").await.unwrap().unwrap().balance,
-            Some(900)
-        );
+        assert_eq!(balance_of(&store, "k1").await, Some(900));
         assert_eq!(
             store
                 .generation("k1", "req-h2")

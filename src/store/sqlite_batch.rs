@@ -870,7 +870,7 @@ pub(super) mod tests {
     }
 
     /// A key's balance as a read sees it (`None`: unlimited).
-    async fn balance_of(store: &SqliteStore, key: &str) -> Option<NanoUsd> {
+    pub(in crate::store) async fn balance_of(store: &SqliteStore, key: &str) -> Option<NanoUsd> {
         store.key_by_id(key).await.unwrap().unwrap().balance
     }
 
