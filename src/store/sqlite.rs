@@ -650,9 +650,9 @@ mod tests {
     use super::super::sqlite_batch::tests::{balance_of, settled};
     use super::*;
 
-    /// A database as the migrations before 0006 left it, with a key, its
-    /// ledger, an open hold and a usage record.
-    async fn database_before_0006(path: &Path) {
+    /// A database as the migrations before `version` left it, with a key,
+    /// its ledger, an open hold and a usage record.
+    async fn database_before(path: &Path, version: i64) {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(
@@ -667,10 +667,10 @@ mod tests {
         let before: Vec<_> = migrator
             .migrations
             .iter()
-            .filter(|m| m.version < 6)
+            .filter(|m| m.version < version)
             .cloned()
             .collect();
-        assert_eq!(before.len(), 5);
+        assert_eq!(before.len() as i64, version - 1);
         migrator.migrations = before.into();
         migrator.run(&pool).await.unwrap();
         for statement in [
@@ -695,7 +695,7 @@ mod tests {
     async fn migration_0006_keeps_every_row_and_the_rules_they_live_by() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
-        database_before_0006(&path).await;
+        database_before(&path, 6).await;
         let store = SqliteStore::open(&path, Duration::from_secs(1))
             .await
             .unwrap();
@@ -754,6 +754,78 @@ mod tests {
             .execute(&store.writer)
             .await
             .is_err());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn migration_0007_keeps_the_ledger_and_checks_its_kinds_without_a_temporary_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        database_before(&path, 7).await;
+        let store = SqliteStore::open(&path, Duration::from_secs(1))
+            .await
+            .unwrap();
+
+        let ledger = store.ledger("k1").await.unwrap();
+        let rows: Vec<(i64, &str, i64)> = ledger
+            .iter()
+            .map(|r| (r.seq, r.kind.as_str(), r.amount))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (1, "topup", 2000),
+                (2, "hold", -600),
+                (3, "settle", 100),
+                (4, "hold", -500)
+            ]
+        );
+
+        // The statement every hold and settlement runs compiles to plain
+        // comparisons: no temporary b-tree for the list of kinds.
+        let plan: Vec<String> = sqlx::query(&format!(
+            "EXPLAIN {}",
+            super::super::sqlite_batch::sql::LEDGER
+        ))
+        .bind("k1")
+        .bind("hold")
+        .bind(-1)
+        .bind(0)
+        .bind("r")
+        .bind(1)
+        .fetch_all(&store.writer)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get("opcode"))
+        .collect();
+        assert!(plan.iter().any(|op| op == "Insert"), "{plan:?}");
+        assert!(!plan.iter().any(|op| op == "OpenEphemeral"), "{plan:?}");
+
+        // The rules still hold: only the five kinds, and append-only.
+        for kind in ["hold", "settle", "release", "topup", "adjust"] {
+            sqlx::query(
+                "INSERT INTO ledger (key_id, kind, amount, created_at) VALUES ('k1', ?, 0, 9)",
+            )
+            .bind(kind)
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        }
+        let refused = sqlx::query(
+            "INSERT INTO ledger (key_id, kind, amount, created_at) VALUES ('k1', 'gift', 5, 9)",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap_err();
+        assert!(refused.to_string().contains("CHECK"), "{refused}");
+        for change in [
+            "DELETE FROM ledger WHERE seq = 1",
+            "UPDATE ledger SET amount = 0",
+        ] {
+            assert!(sqlx::query(change).execute(&store.writer).await.is_err());
+        }
+        assert_eq!(store.ledger("k1").await.unwrap().len(), 9);
         store.close().await;
     }
 }

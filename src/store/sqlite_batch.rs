@@ -66,7 +66,7 @@ const SETTLE_DELAY: Duration = Duration::from_millis(10);
 
 /// The statements, each run once per row with its values bound (cached
 /// prepared statements, so the SQL text never changes).
-mod sql {
+pub(super) mod sql {
     /// The open hold being settled: its key and amount.
     pub const HOLD: &str = "SELECT key_id, amount FROM holds WHERE hold_id = ?1";
     pub const UNHOLD: &str = "DELETE FROM holds WHERE hold_id = ?1";
