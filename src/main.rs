@@ -90,7 +90,7 @@ fn keys(args: KeysArgs) -> ExitCode {
 }
 
 fn run(args: ServeArgs) -> ExitCode {
-    telemetry::init();
+    let _log = telemetry::init();
     let mut config = match config::load(args.config.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
