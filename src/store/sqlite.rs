@@ -828,4 +828,23 @@ mod tests {
         assert_eq!(store.ledger("k1").await.unwrap().len(), 9);
         store.close().await;
     }
+
+    /// `.cargo/config.toml` builds the bundled SQLite without memory
+    /// statistics (a global mutex on every allocation otherwise).
+    #[tokio::test]
+    async fn the_bundled_sqlite_keeps_no_memory_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        store.close().await;
+    }
 }
