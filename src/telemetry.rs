@@ -15,7 +15,7 @@
 //! when stdout is a terminal.
 
 use std::io::{self, IsTerminal, Write};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
@@ -71,9 +71,9 @@ struct Shared {
     /// Also the order lock: whoever writes holds it while taking the
     /// pending lines, so batches reach `out` in the order they gathered.
     out: Mutex<Box<dyn Write + Send>>,
-    /// The writer thread, to wake; `None` if it could not be started, and
+    /// The writer thread, to wake; unset if it could not be started, and
     /// then every line is written by the thread that logs it.
-    writer: Option<Thread>,
+    writer: OnceLock<Thread>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,35 +96,32 @@ impl Sink {
     /// Starts the writer thread that writes to `out`, `gather` after the
     /// first line of each batch.
     pub fn start(out: Box<dyn Write + Send>, gather: Duration) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared>>();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            out: Mutex::new(out),
+            writer: OnceLock::new(),
+        });
+        // The writer keeps only a weak reference, so it ends with the last
+        // sink.
+        let weak = Arc::downgrade(&shared);
         let writer = thread::Builder::new()
             .name("mume-log".into())
-            .spawn(move || {
-                // The sink is handed over once it exists; the writer keeps
-                // only a weak reference, so it ends with the last sink.
-                let Ok(shared) = rx.recv() else { return };
-                let shared = Arc::downgrade(&shared);
-                loop {
-                    thread::park();
-                    thread::sleep(gather);
-                    match shared.upgrade() {
-                        Some(shared) => shared.write_pending(),
-                        None => return,
-                    }
+            .spawn(move || loop {
+                thread::park();
+                thread::sleep(gather);
+                match weak.upgrade() {
+                    Some(shared) => shared.write_pending(),
+                    None => return,
                 }
-            })
-            .ok();
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::with_capacity(64 * 1024)),
-            out: Mutex::new(out),
-            writer: writer.as_ref().map(|w| w.thread().clone()),
-        });
-        let _ = tx.send(shared.clone());
+            });
+        if let Ok(writer) = writer {
+            let _ = shared.writer.set(writer.thread().clone());
+        }
         Sink { shared }
     }
 
     fn append(&self, line: &[u8]) {
-        let Some(writer) = &self.shared.writer else {
+        let Some(writer) = self.shared.writer.get() else {
             let mut out = lock(&self.shared.out);
             let _ = out.write_all(line);
             return;
@@ -145,7 +142,7 @@ impl Sink {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(writer) = &self.writer {
+        if let Some(writer) = self.writer.get() {
             // Lets the writer see that the sink is gone.
             writer.unpark();
         }
