@@ -1236,22 +1236,24 @@ fn rewrite_completion(
     let mut model = Vec::with_capacity(public_model.len() + 2);
     serde_json::to_writer(&mut model, public_model).expect("a string serializes");
     let model = String::from_utf8(model).expect("JSON is UTF-8");
-    let raw_usage = object.get("usage").filter(|u| u.get().starts_with('{'));
-    let usage = raw_usage
-        .and_then(|raw| Usage::from_json(serde_json::from_str::<Value>(raw.get()).ok().as_ref()));
+    // The usage object is split once: read for its counts, then written
+    // back with the cost added.
+    let usage_object = object
+        .get("usage")
+        .filter(|u| u.get().starts_with('{'))
+        .and_then(|raw| RawObject::parse(raw.get().as_bytes()).ok());
+    let usage = usage_object.as_ref().map(Usage::from_raw);
     let delivered_tokens = match usage {
         Some(_) => 0,
         None => relay::estimate_delivered(
             &serde_json::from_str::<Value>(choices.get()).unwrap_or(Value::Null),
         ),
     };
-    let body = match (raw_usage, usage) {
+    let body = match (usage_object, usage) {
         (Some(raw), Some(u)) => {
             let cost = usd_string(pricing.cost(&u));
-            let usage_text = RawObject::parse(raw.get().as_bytes())
-                .map(|o| o.to_vec_with(&[("cost", &cost)]))
-                .map_err(|e| ProviderError::Decode(format!("usage is not an object: {e}")))?;
-            let usage_text = String::from_utf8(usage_text).expect("JSON is UTF-8");
+            let usage_text =
+                String::from_utf8(raw.to_vec_with(&[("cost", &cost)])).expect("JSON is UTF-8");
             object.to_vec_with(&[("model", &model), ("usage", &usage_text)])
         }
         _ => object.to_vec_with(&[("model", &model)]),

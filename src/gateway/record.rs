@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use super::json::RawObject;
 use crate::ratelimit::LimitStatus;
 
 /// Token counts reported by the upstream.
@@ -25,6 +26,26 @@ impl Usage {
             completion_tokens: count("/completion_tokens"),
             cached_tokens: count("/prompt_tokens_details/cached_tokens"),
         })
+    }
+
+    /// The same counts as [`Usage::from_json`], read from a `usage` object
+    /// split by [`RawObject`] without building a tree: a count that is
+    /// missing or not a non-negative integer reads as 0.
+    pub fn from_raw(usage: &RawObject<'_>) -> Self {
+        fn count(object: &RawObject<'_>, key: &str) -> u64 {
+            object
+                .get(key)
+                .and_then(|v| serde_json::from_str::<u64>(v.get()).ok())
+                .unwrap_or(0)
+        }
+        let details = usage
+            .get("prompt_tokens_details")
+            .and_then(|d| RawObject::parse(d.get().as_bytes()).ok());
+        Self {
+            prompt_tokens: count(usage, "prompt_tokens"),
+            completion_tokens: count(usage, "completion_tokens"),
+            cached_tokens: details.map_or(0, |d| count(&d, "cached_tokens")),
+        }
     }
 }
 
@@ -90,5 +111,42 @@ impl RequestContext {
             request_id: request_id.into(),
             record: Arc::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_raw_usage_agrees_with_reading_a_tree() {
+        let cases = [
+            r#"{"prompt_tokens":8,"completion_tokens":6,"total_tokens":14}"#,
+            r#"{"prompt_tokens":8,"completion_tokens":6,"prompt_tokens_details":{"cached_tokens":3}}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":9}"#,
+            r#"{"prompt_tokens":-1,"completion_tokens":2.5,"prompt_tokens_details":null}"#,
+            r#"{"prompt_tokens":"8","completion_tokens":1e3,"prompt_tokens_details":{"cached_tokens":"2"}}"#,
+            r#"{"prompt_tokens":18446744073709551616,"prompt_tokens_details":[1]}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":4},"completion_tokens":  7 }"#,
+            r#"{}"#,
+        ];
+        for case in cases {
+            let tree: Value = serde_json::from_str(case).unwrap();
+            let raw = RawObject::parse(case.as_bytes()).unwrap();
+            assert_eq!(
+                Some(Usage::from_raw(&raw)),
+                Usage::from_json(Some(&tree)),
+                "{case}"
+            );
+        }
+        let raw = RawObject::parse(cases[1].as_bytes()).unwrap();
+        assert_eq!(
+            Usage::from_raw(&raw),
+            Usage {
+                prompt_tokens: 8,
+                completion_tokens: 6,
+                cached_tokens: 3
+            }
+        );
     }
 }
