@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::format::{self, FormatFields};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -45,10 +47,24 @@ pub fn init() -> Flush {
         .with_writer(sink);
     if json {
         builder.json().flatten_event(true).init();
-    } else {
+    } else if ansi {
         builder.init();
+    } else {
+        builder.fmt_fields(plain_fields()).init();
     }
     guard
+}
+
+/// Fields as `name=value`, space-separated, the message bare: the text
+/// the default formatter writes without colours, made without the style
+/// wrappers it puts around every field name and `=` even when colours are
+/// off (a third of an access line's formatting, measured).
+fn plain_fields() -> impl for<'w> FormatFields<'w> + 'static {
+    format::debug_fn(|w, field, value| match field.name() {
+        "message" => write!(w, "{value:?}"),
+        name => write!(w, "{name}={value:?}"),
+    })
+    .delimited(" ")
 }
 
 /// Writes the buffered lines when dropped.
@@ -250,5 +266,50 @@ mod tests {
         // Written at once, by this thread: the writer waits an hour.
         assert!(out.text().len() > MAX_PENDING);
         assert!(lock(&sink.shared.pending).is_empty());
+    }
+    #[test]
+    fn plain_fields_write_what_the_default_formatter_writes_without_colours() {
+        fn line(plain: bool) -> String {
+            let out = Captured::default();
+            let writer = {
+                let out = out.clone();
+                move || out.clone()
+            };
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .without_time()
+                .with_target(true)
+                .with_writer(writer);
+            let emit = || {
+                let span = tracing::info_span!("attempt", provider = "up", n = 2);
+                let _in = span.enter();
+                tracing::info!(
+                    target: "mume::access",
+                    request_id = %"req_01",
+                    status = 200u16,
+                    latency_ms = 0.25,
+                    key = "k_1",
+                    streamed = false,
+                    outcome = "ok",
+                    error = %"quoted \"text\"",
+                    "request"
+                );
+            };
+            if plain {
+                tracing::subscriber::with_default(
+                    builder.fmt_fields(plain_fields()).finish(),
+                    emit,
+                );
+            } else {
+                tracing::subscriber::with_default(builder.finish(), emit);
+            }
+            out.text()
+        }
+        let plain = line(true);
+        assert!(
+            plain.contains(r#"request request_id=req_01 status=200 latency_ms=0.25 key="k_1""#),
+            "{plain}"
+        );
+        assert_eq!(plain, line(false));
     }
 }
