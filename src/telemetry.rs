@@ -14,12 +14,14 @@
 //! it itself, so the log pushes back as a plain stdout would. Colours only
 //! when stdout is a terminal.
 
+use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
-use tracing_subscriber::field::MakeExt;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{self, FormatFields};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -50,7 +52,7 @@ pub fn init() -> Flush {
     } else if ansi {
         builder.init();
     } else {
-        builder.fmt_fields(plain_fields()).init();
+        builder.fmt_fields(PlainFields).init();
     }
     guard
 }
@@ -58,13 +60,78 @@ pub fn init() -> Flush {
 /// Fields as `name=value`, space-separated, the message bare: the text
 /// the default formatter writes without colours, made without the style
 /// wrappers it puts around every field name and `=` even when colours are
-/// off (a third of an access line's formatting, measured).
-fn plain_fields() -> impl for<'w> FormatFields<'w> + 'static {
-    format::debug_fn(|w, field, value| match field.name() {
-        "message" => write!(w, "{value:?}"),
-        name => write!(w, "{name}={value:?}"),
-    })
-    .delimited(" ")
+/// off (a third of an access line's formatting, measured). A `log`
+/// record's own fields, raw identifiers and error sources are written as
+/// the default formatter writes them.
+struct PlainFields;
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: format::Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = PlainVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct PlainVisitor<'w> {
+    writer: format::Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    /// Writes one field: the gap, `name=` (nothing for the message), the
+    /// value; one formatting call per field.
+    fn put(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        // Fields a `log` record brings along: shown as the line's target.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let gap = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = if name == "message" {
+            write!(self.writer, "{gap}{value:?}")
+        } else {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            write!(self.writer, "{gap}{name}={value:?}")
+        };
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.put(field, &format_args!("{value}"));
+        } else {
+            self.put(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let Some(first) = value.source() else {
+            return self.put(field, &format_args!("{value}"));
+        };
+        let mut sources = String::new();
+        let mut next = Some(first);
+        while let Some(source) = next {
+            if !sources.is_empty() {
+                sources.push_str(", ");
+            }
+            sources.push_str(&source.to_string());
+            next = source.source();
+        }
+        let name = field.name();
+        self.put(field, &format_args!("{value} {name}.sources=[{sources}]"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, value);
+    }
 }
 
 /// Writes the buffered lines when dropped.
@@ -267,6 +334,26 @@ mod tests {
         assert!(out.text().len() > MAX_PENDING);
         assert!(lock(&sink.shared.pending).is_empty());
     }
+
+    /// An error with a chain of sources.
+    #[derive(Debug)]
+    struct Failure(Option<Box<Failure>>);
+
+    impl fmt::Display for Failure {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match &self.0 {
+                Some(_) => f.write_str("outer failure"),
+                None => f.write_str("root cause"),
+            }
+        }
+    }
+
+    impl std::error::Error for Failure {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.0.as_deref().map(|e| e as _)
+        }
+    }
+
     #[test]
     fn plain_fields_write_what_the_default_formatter_writes_without_colours() {
         fn line(plain: bool) -> String {
@@ -294,12 +381,16 @@ mod tests {
                     error = %"quoted \"text\"",
                     "request"
                 );
+                let failure = Failure(Some(Box::new(Failure(Some(Box::new(Failure(None)))))));
+                tracing::warn!(
+                    message = "a plain str message",
+                    log.target = "from_a_log_record",
+                    r#type = "raw",
+                    error = &failure as &(dyn std::error::Error + 'static),
+                );
             };
             if plain {
-                tracing::subscriber::with_default(
-                    builder.fmt_fields(plain_fields()).finish(),
-                    emit,
-                );
+                tracing::subscriber::with_default(builder.fmt_fields(PlainFields).finish(), emit);
             } else {
                 tracing::subscriber::with_default(builder.finish(), emit);
             }
@@ -310,6 +401,11 @@ mod tests {
             plain.contains(r#"request request_id=req_01 status=200 latency_ms=0.25 key="k_1""#),
             "{plain}"
         );
+        assert!(
+            plain.contains("a plain str message type=\"raw\" error=outer failure error.sources=[outer failure, root cause]"),
+            "{plain}"
+        );
+        assert!(!plain.contains("log."), "{plain}");
         assert_eq!(plain, line(false));
     }
 }

@@ -50,7 +50,6 @@ pub struct SqliteStore {
     pub(super) batch: Batcher,
 }
 
-/// How often the WAL is copied into the database file.
 /// The page size of a new database. A paying request changes about eight
 /// pages (the tail of each table and index it writes), and each changed
 /// page goes whole into the WAL, is checksummed there and copied back by
@@ -59,6 +58,7 @@ pub struct SqliteStore {
 /// spill a long usage row to an overflow page).
 const PAGE_SIZE: u32 = 2048;
 
+/// How often the WAL is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Checkpoints the WAL from the writer connection, off the request path,
@@ -858,6 +858,7 @@ mod tests {
         );
         store.close().await;
     }
+
     #[tokio::test]
     async fn a_new_database_has_small_pages_and_an_old_one_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
