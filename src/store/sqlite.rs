@@ -661,6 +661,18 @@ mod tests {
     use super::super::sqlite_batch::tests::{balance_of, settled};
     use super::*;
 
+    /// A store opened (so migrated) on `database_before(version)`; the
+    /// directory lives as long as the caller keeps it.
+    async fn opened_on_database_before(version: i64) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        database_before(&path, version).await;
+        let store = SqliteStore::open(&path, Duration::from_secs(1))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
     /// A database as the migrations before `version` left it, with a key,
     /// its ledger, an open hold and a usage record.
     async fn database_before(path: &Path, version: i64) {
@@ -704,12 +716,7 @@ mod tests {
 
     #[tokio::test]
     async fn migration_0006_keeps_every_row_and_the_rules_they_live_by() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        database_before(&path, 6).await;
-        let store = SqliteStore::open(&path, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let (_dir, store) = opened_on_database_before(6).await;
 
         let ledger = store.ledger("k1").await.unwrap();
         let seqs: Vec<i64> = ledger.iter().map(|r| r.seq).collect();
@@ -770,12 +777,7 @@ mod tests {
 
     #[tokio::test]
     async fn migration_0007_keeps_the_ledger_and_checks_its_kinds_without_a_temporary_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        database_before(&path, 7).await;
-        let store = SqliteStore::open(&path, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let (_dir, store) = opened_on_database_before(7).await;
 
         let ledger = store.ledger("k1").await.unwrap();
         let rows: Vec<(i64, &str, i64)> = ledger
@@ -879,11 +881,7 @@ mod tests {
 
         // A database made with the default pages (and already in WAL mode)
         // opens, migrates and keeps them.
-        let old_path = dir.path().join("old.db");
-        database_before(&old_path, 7).await;
-        let old = SqliteStore::open(&old_path, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let (_old_dir, old) = opened_on_database_before(7).await;
         assert_eq!(page_size(&old).await, 4096);
         old.close().await;
     }

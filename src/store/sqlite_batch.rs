@@ -635,9 +635,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 fn rollback(conn: &mut Connection) {
     // Fails harmlessly if the transaction never began or already ended.
-    let _ = conn
-        .prepare_cached(sql::ROLLBACK)
-        .and_then(|mut st| st.execute([]));
+    let _ = exec(conn, sql::ROLLBACK, []);
 }
 
 /// Applies `ops` in the transaction `commit` began, and commits it.
