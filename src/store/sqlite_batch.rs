@@ -5,12 +5,15 @@
 //! connection (rusqlite, of its own) free applies everything queued as
 //! ONE transaction, on its own thread (flat combining):
 //!
-//! 1. `BEGIN IMMEDIATE`, then the settlements in queue order (refund,
-//!    ledger row, removal of the hold, usage record);
+//! 1. `BEGIN IMMEDIATE`, then the settlements in queue order (ledger row,
+//!    removal of the hold, usage record; the refund is counted, not
+//!    written yet);
 //! 2. the holds, in queue order, each decided against its key's balance
-//!    as the transaction sees it, and written with its ledger row;
-//! 3. the balance changes, then the releases (holds given back whole,
-//!    queued behind the hold they release), and `COMMIT`.
+//!    as the transaction sees it plus those refunds, and written with its
+//!    ledger row;
+//! 3. the releases (holds given back whole, queued behind the hold they
+//!    release), then each key's balance change as ONE update, whatever
+//!    the number of its holds and refunds in the batch, and `COMMIT`.
 //!
 //! Why: a request's money moves must not each cost a transaction, nor a
 //! trip to a database thread and back (two thread wake-ups). A request
@@ -640,20 +643,28 @@ fn rollback(conn: &mut Connection) {
 
 /// Applies `ops` in the transaction `commit` began, and commits it.
 fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
+    let mut moves = Moves::default();
     // Settlements first, in queue order. A hold settled twice in one batch
     // moves money once.
     let mut settling = HashSet::new();
     for op in ops {
         if let Op::Settle(u) = op {
             if settling.insert(u.hold_id.as_str()) {
-                settle_hold(conn, &u.hold_id, u.cost, &u.request_id, u.created_at)?;
+                settle_hold(
+                    conn,
+                    &mut moves,
+                    &u.hold_id,
+                    u.cost,
+                    &u.request_id,
+                    u.created_at,
+                )?;
             }
             record_usage(conn, u)?;
         }
     }
-    // Then the holds, in queue order, against the balances as they now are.
+    // Then the holds, in queue order, against the balances as they now are
+    // (with the refunds above, not written yet).
     let mut balances: HashMap<&str, Option<Option<NanoUsd>>> = HashMap::new();
-    let mut changes: Vec<(&str, NanoUsd)> = Vec::new();
     let mut done = Vec::with_capacity(ops.len());
     for op in ops {
         let Op::Hold(h) = op else {
@@ -663,19 +674,18 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
         let balance = match balances.get_mut(h.key_id.as_str()) {
             Some(b) => b,
             None => {
-                let read = conn
+                let read: Option<Option<NanoUsd>> = conn
                     .prepare_cached(sql::BALANCE)
                     .and_then(|mut st| st.query_row([&h.key_id], |r| r.get(0)).optional())
                     .map_err(failed)?;
+                let refunded = moves.of(&h.key_id);
+                let read = read.map(|b| b.map(|b| b.saturating_add(refunded)));
                 balances.entry(h.key_id.as_str()).or_insert(read)
             }
         };
         let result = decide(h, balance);
         if result == HoldResult::Held {
-            match changes.iter_mut().find(|(k, _)| *k == h.key_id) {
-                Some((_, change)) => *change -= h.amount,
-                None => changes.push((&h.key_id, -h.amount)),
-            }
+            moves.add(&h.key_id, -h.amount);
             exec(
                 conn,
                 sql::HOLD_INSERT,
@@ -697,9 +707,6 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
         }
         done.push(Done::Hold(result));
     }
-    for (key_id, change) in changes {
-        exec(conn, sql::MOVE, rusqlite::params![key_id, change])?;
-    }
     // Releases last: a release is queued behind the hold it gives back
     // (whose request stopped waiting for it), and may share its batch.
     for op in ops {
@@ -710,12 +717,45 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
         } = op
         {
             if settling.insert(hold_id.as_str()) {
-                settle_hold(conn, hold_id, 0, request_id, *at)?;
+                settle_hold(conn, &mut moves, hold_id, 0, request_id, *at)?;
             }
         }
     }
+    moves.write(conn)?;
     exec(conn, sql::COMMIT, [])?;
     Ok(done)
+}
+
+/// The balance changes of one batch, summed per key and written once per
+/// key at its end: a batch of N requests of one key updates its row once,
+/// not once per hold and once per refund.
+#[derive(Default)]
+struct Moves(Vec<(String, NanoUsd)>);
+
+impl Moves {
+    fn add(&mut self, key_id: &str, amount: NanoUsd) {
+        match self.0.iter_mut().find(|(k, _)| k == key_id) {
+            Some((_, sum)) => *sum = sum.saturating_add(amount),
+            None => self.0.push((key_id.to_owned(), amount)),
+        }
+    }
+
+    /// The change not written yet to `key_id`'s balance.
+    fn of(&self, key_id: &str) -> NanoUsd {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key_id)
+            .map_or(0, |(_, sum)| *sum)
+    }
+
+    fn write(self, conn: &Connection) -> StoreResult<()> {
+        for (key_id, change) in self.0 {
+            if change != 0 {
+                exec(conn, sql::MOVE, rusqlite::params![key_id, change])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs one cached statement with its values.
@@ -727,9 +767,11 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreRes
 }
 
 /// Resolves the hold `hold_id` if it is still open: charges `cost` (never
-/// more than the hold), gives the rest back, writes the ledger row.
+/// more than the hold), gives the rest back (in `moves`), writes the
+/// ledger row.
 fn settle_hold(
     conn: &Connection,
+    moves: &mut Moves,
     hold_id: &str,
     cost: NanoUsd,
     request_id: &str,
@@ -747,9 +789,7 @@ fn settle_hold(
     };
     let charged = cost.max(0).min(amount);
     let refund = amount - charged;
-    if refund != 0 {
-        exec(conn, sql::MOVE, rusqlite::params![key_id, refund])?;
-    }
+    moves.add(&key_id, refund);
     let kind = if charged == 0 { "release" } else { "settle" };
     exec(
         conn,
@@ -1074,6 +1114,56 @@ pub(super) mod tests {
 
     /// A settlement's refund is visible to a hold later in the same batch,
     /// and settling the same hold twice moves money once.
+    #[tokio::test]
+    async fn a_batch_writes_a_keys_balance_once_with_its_refunds_counted_first() {
+        let (dir, store, key) = store_with_key(1000).await;
+        let results = in_one_batch(
+            &store.batch,
+            vec![hold(&key, "h1", 100), hold(&key, "h2", 200)],
+        )
+        .await;
+        assert!(results
+            .iter()
+            .all(|r| *r.as_ref().unwrap() == Done::Hold(HoldResult::Held)));
+        // Every write of a balance from here on leaves a row.
+        rusqlite::Connection::open(dir.path().join("batch.db"))
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE balance_writes (key_id TEXT NOT NULL);
+                 CREATE TRIGGER count_balance_writes AFTER UPDATE OF balance ON api_keys
+                 BEGIN INSERT INTO balance_writes VALUES (NEW.id); END;",
+            )
+            .unwrap();
+        // 700 left; the refunds (70 + 150) fund h3, and h4 finds 20.
+        let ops = vec![
+            Op::Settle(settled(&key, "h1", 30)),
+            Op::Settle(settled(&key, "h2", 50)),
+            hold(&key, "h3", 900),
+            hold(&key, "h4", 100),
+        ];
+        let [s1, s2, h3, h4] = <[_; 4]>::try_from(in_one_batch(&store.batch, ops).await).unwrap();
+        assert_eq!((s1.unwrap(), s2.unwrap()), (Done::Settled, Done::Settled));
+        assert_eq!(h3.unwrap(), Done::Hold(HoldResult::Held));
+        assert_eq!(
+            h4.unwrap(),
+            Done::Hold(HoldResult::Insufficient { balance: 20 })
+        );
+        assert_eq!(balance_of(&store, &key).await, Some(20));
+        let writes: i64 = rusqlite::Connection::open(dir.path().join("batch.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM balance_writes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(writes, 1);
+        assert_eq!(
+            ledger_of(&store, &key).await[3..],
+            [
+                ("settle".into(), 70, 30),
+                ("settle".into(), 150, 50),
+                ("hold".into(), -900, 0),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_refund_funds_a_later_hold_in_the_same_batch() {
         let (_dir, store, key) = store_with_key(100).await;
