@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
@@ -50,9 +50,11 @@ pub fn outcome_response(outcome: ChatOutcome) -> Response {
     }
 }
 
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = headers.get(&IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     match value.to_str() {

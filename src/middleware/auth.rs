@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -42,7 +43,7 @@ pub fn access_of(path: &str) -> Access {
 
 /// The token from `Authorization: Bearer …`, else from `x-api-key`.
 fn token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let value = value.trim();
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
         if scheme.eq_ignore_ascii_case("bearer") {

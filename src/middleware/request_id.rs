@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -21,7 +21,11 @@ use crate::gateway::error::GatewayError;
 use crate::gateway::record::{Outcome, RequestContext};
 use crate::http::error::{render, status_of};
 
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+/// Which provider answered, after how many attempts. (Names checked when
+/// the crate is compiled, not parsed again on every insert.)
+const PROVIDER: HeaderName = HeaderName::from_static("x-mume-provider");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-mume-attempts");
 const MAX_ID_LEN: usize = 128;
 
 /// A client-supplied id is kept only if it is short and plain.
@@ -33,7 +37,7 @@ fn sane(value: &HeaderValue) -> Option<&str> {
 
 pub async fn layer(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = match req.headers().get(HEADER).and_then(sane) {
+    let id = match req.headers().get(&HEADER).and_then(sane) {
         Some(id) => id.to_string(),
         None => format!("req_{}", ulid::Ulid::new()),
     };
@@ -70,11 +74,11 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     // Which provider answered (or failed last), after how many attempts.
     if let Some((provider, attempts)) = served_by {
         if let Ok(value) = HeaderValue::from_str(&provider) {
-            response.headers_mut().insert("x-mume-provider", value);
+            response.headers_mut().insert(PROVIDER, value);
         }
         response
             .headers_mut()
-            .insert("x-mume-attempts", HeaderValue::from(attempts));
+            .insert(ATTEMPTS, HeaderValue::from(attempts));
     }
     let line = AccessLine {
         ctx,

@@ -18,6 +18,8 @@
 pub mod redis;
 
 use std::collections::HashMap;
+
+use http::HeaderName;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,20 +119,35 @@ pub struct LimitStatus {
 
 impl LimitStatus {
     /// The OpenAI rate-limit headers for this status.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    pub fn headers(&self) -> Vec<(HeaderName, String)> {
         let mut out = Vec::new();
         if let Some(q) = self.requests {
-            out.push(("x-ratelimit-limit-requests", q.limit.to_string()));
-            out.push(("x-ratelimit-remaining-requests", q.remaining.to_string()));
-            out.push(("x-ratelimit-reset-requests", reset_string(q.reset)));
+            out.push((names::LIMIT_REQUESTS, q.limit.to_string()));
+            out.push((names::REMAINING_REQUESTS, q.remaining.to_string()));
+            out.push((names::RESET_REQUESTS, reset_string(q.reset)));
         }
         if let Some(q) = self.tokens {
-            out.push(("x-ratelimit-limit-tokens", q.limit.to_string()));
-            out.push(("x-ratelimit-remaining-tokens", q.remaining.to_string()));
-            out.push(("x-ratelimit-reset-tokens", reset_string(q.reset)));
+            out.push((names::LIMIT_TOKENS, q.limit.to_string()));
+            out.push((names::REMAINING_TOKENS, q.remaining.to_string()));
+            out.push((names::RESET_TOKENS, reset_string(q.reset)));
         }
         out
     }
+}
+
+/// The header names, checked when the crate is compiled: a name given as
+/// a `&str` is parsed and validated again on every insert.
+mod names {
+    use http::HeaderName;
+
+    pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+    pub const REMAINING_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-requests");
+    pub const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+    pub const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    pub const REMAINING_TOKENS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-tokens");
+    pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 }
 
 /// A duration the way OpenAI writes resets: "0s", "250ms", "1.5s", "6m0s".
