@@ -18,13 +18,12 @@
 pub mod redis;
 
 use std::collections::HashMap;
-
-use http::HeaderName;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use http::HeaderName;
 
 use crate::store::KeyLimits;
 

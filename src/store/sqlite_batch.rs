@@ -1112,8 +1112,8 @@ pub(super) mod tests {
         assert_eq!(store.totals().await.unwrap().active_holds, 0);
     }
 
-    /// A settlement's refund is visible to a hold later in the same batch,
-    /// and settling the same hold twice moves money once.
+    /// A batch writes a key's balance once, however many of its holds and
+    /// refunds it carries, and decides a hold against the refunds before it.
     #[tokio::test]
     async fn a_batch_writes_a_keys_balance_once_with_its_refunds_counted_first() {
         let (dir, store, key) = store_with_key(1000).await;
@@ -1164,6 +1164,8 @@ pub(super) mod tests {
         );
     }
 
+    /// A settlement's refund is visible to a hold later in the same batch,
+    /// and settling the same hold twice moves money once.
     #[tokio::test]
     async fn a_refund_funds_a_later_hold_in_the_same_batch() {
         let (_dir, store, key) = store_with_key(100).await;
