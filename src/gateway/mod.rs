@@ -1254,14 +1254,14 @@ fn rewrite_completion(
             &serde_json::from_str::<Value>(choices.get()).unwrap_or(Value::Null),
         ),
     };
-    let body = match (usage_object, usage) {
-        (Some(raw), Some(u)) => {
+    let body = match usage_object.zip(usage) {
+        Some((raw, u)) => {
             let cost = usd_string(pricing.cost(&u));
             let usage_text =
                 String::from_utf8(raw.to_vec_with(&[("cost", &cost)])).expect("JSON is UTF-8");
             object.to_vec_with(&[("model", &model), ("usage", &usage_text)])
         }
-        _ => object.to_vec_with(&[("model", &model)]),
+        None => object.to_vec_with(&[("model", &model)]),
     };
     Ok(Completion {
         body: body.into(),

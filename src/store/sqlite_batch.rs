@@ -662,27 +662,28 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
             record_usage(conn, u)?;
         }
     }
-    // Then the holds, in queue order, against the balances as they now are
-    // (with the refunds above, not written yet).
-    let mut balances: HashMap<&str, Option<Option<NanoUsd>>> = HashMap::new();
+    // Then the holds, in queue order, each against its key's balance as
+    // read plus the batch's changes so far (refunds above, holds before it).
+    let mut read: HashMap<&str, Option<Option<NanoUsd>>> = HashMap::new();
     let mut done = Vec::with_capacity(ops.len());
     for op in ops {
         let Op::Hold(h) = op else {
             done.push(Done::Settled);
             continue;
         };
-        let balance = match balances.get_mut(h.key_id.as_str()) {
-            Some(b) => b,
+        let stored = match read.get(h.key_id.as_str()) {
+            Some(b) => *b,
             None => {
-                let read: Option<Option<NanoUsd>> = conn
+                let b: Option<Option<NanoUsd>> = conn
                     .prepare_cached(sql::BALANCE)
                     .and_then(|mut st| st.query_row([&h.key_id], |r| r.get(0)).optional())
                     .map_err(failed)?;
-                let refunded = moves.of(&h.key_id);
-                let read = read.map(|b| b.map(|b| b.saturating_add(refunded)));
-                balances.entry(h.key_id.as_str()).or_insert(read)
+                read.insert(h.key_id.as_str(), b);
+                b
             }
         };
+        let changed = moves.of(&h.key_id);
+        let balance = stored.map(|b| b.map(|b| b.saturating_add(changed)));
         let result = decide(h, balance);
         if result == HoldResult::Held {
             moves.add(&h.key_id, -h.amount);
@@ -825,19 +826,14 @@ fn record_usage(conn: &Connection, u: &UsageRecord) -> StoreResult<()> {
     )
 }
 
-/// Takes the hold out of the key's balance (`None`: no such key;
-/// `Some(None)`: unlimited) if it fits.
-fn decide(h: &HoldRequest, balance: &mut Option<Option<NanoUsd>>) -> HoldResult {
+/// Whether the hold fits the key's balance (`None`: no such key;
+/// `Some(None)`: unlimited).
+fn decide(h: &HoldRequest, balance: Option<Option<NanoUsd>>) -> HoldResult {
     match balance {
         None => HoldResult::NoKey,
         Some(None) => HoldResult::Unlimited,
-        Some(Some(balance)) if *balance < h.amount => {
-            HoldResult::Insufficient { balance: *balance }
-        }
-        Some(Some(balance)) => {
-            *balance -= h.amount;
-            HoldResult::Held
-        }
+        Some(Some(balance)) if balance < h.amount => HoldResult::Insufficient { balance },
+        Some(Some(_)) => HoldResult::Held,
     }
 }
 
