@@ -21,6 +21,8 @@ use raw::{
     RawConfig, RawEndpoint, RawKeys, RawModel, RawProvider, RawRateLimit, RawRouting, RawServer,
     RawStore, RawWebSearch,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 /// The default configuration, compiled into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
@@ -128,6 +130,9 @@ pub struct ProviderConfig {
     pub anthropic_version: Option<String>,
     /// The server serves the Responses API itself (kind openai only).
     pub native_responses: bool,
+    /// Certificate authorities trusted for this provider's TLS besides the
+    /// public roots (`ca_file`, read at start).
+    pub ca_certificates: Vec<CertificateDer<'static>>,
 }
 
 /// How an endpoint of this provider is retried.
@@ -743,6 +748,11 @@ fn validate_provider(
         }
         (ProviderKind::OpenAi | ProviderKind::Anthropic, Some(url)) => {
             match reqwest::Url::parse(url) {
+                Ok(u) if !u.username().is_empty() || u.password().is_some() => check.report(
+                    at("base_url"),
+                    "carries credentials (user:password@), which are never sent",
+                    "remove them; give the key in api_key_env, or other credentials in headers",
+                ),
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 _ => check.report(
                     at("base_url"),
@@ -848,6 +858,21 @@ fn validate_provider(
             "remove it; other kinds are served by translating to Chat Completions",
         );
     }
+    let ca_certificates = match (&raw.ca_file, kind) {
+        (None, _) => Vec::new(),
+        (Some(_), ProviderKind::Mock) => {
+            check.report(at("ca_file"), "a mock provider has no network", "remove ca_file");
+            Vec::new()
+        }
+        (Some(path), _) => read_certificates(path).unwrap_or_else(|problem| {
+            check.report(
+                at("ca_file"),
+                problem,
+                "name a readable PEM file of the CA certificates that sign the server's certificate",
+            );
+            Vec::new()
+        }),
+    };
     Some(ProviderConfig {
         name,
         kind,
@@ -858,7 +883,26 @@ fn validate_provider(
         retry,
         anthropic_version: raw.anthropic_version.clone(),
         native_responses: raw.native_responses.unwrap_or(false),
+        ca_certificates,
     })
+}
+
+/// The certificates of a PEM file, each one checked to be a usable trust
+/// anchor.
+fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(|all| all.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{path:?} cannot be read as PEM certificates: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!("{path:?} holds no PEM certificate"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, certificate) in certificates.iter().enumerate() {
+        roots
+            .add(certificate.clone())
+            .map_err(|e| format!("certificate {} of {path:?} is not usable: {e}", n + 1))?;
+    }
+    Ok(certificates)
 }
 
 fn validate_model(
@@ -1075,6 +1119,59 @@ mod tests {
         }
         let shown = err.to_string();
         assert!(shown.starts_with("t.toml: 6 problems found"), "{shown}");
+    }
+
+    #[test]
+    fn a_base_url_with_credentials_is_refused() {
+        let text = r#"
+            [[providers]]
+            name = "up"
+            kind = "openai"
+            base_url = "https://user:pw@vllm.internal/v1"
+        "#;
+        let err = parse(text, "t.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "providers[0].base_url");
+        assert!(
+            err.problems[0].problem.contains("credentials"),
+            "{:?}",
+            err.problems
+        );
+        assert!(
+            !err.to_string().contains("pw@"),
+            "the message does not repeat the password"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_usable_certificates() {
+        let provider = |ca_file: &str| {
+            format!("[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"https://vllm.internal/v1\"\nca_file = {ca_file:?}\n")
+        };
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/certs/ca.pem");
+        let config = parse(&provider(ca), "t.toml").unwrap();
+        assert_eq!(config.providers[0].ca_certificates.len(), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        for (path, says) in [
+            ("/nonexistent/ca.pem", "cannot be read"),
+            (garbage.to_str().unwrap(), "not usable"),
+            (empty.to_str().unwrap(), "no PEM certificate"),
+        ] {
+            let err = parse(&provider(path), "t.toml").unwrap_err();
+            assert_eq!(err.problems[0].key, "providers[0].ca_file");
+            assert!(
+                err.problems[0].problem.contains(says),
+                "{path}: {:?}",
+                err.problems
+            );
+        }
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub struct RawProvider {
     pub api_key_env: Option<String>,
     pub anthropic_version: Option<String>,
     pub native_responses: Option<bool>,
+    pub ca_file: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub connect_timeout: Option<String>,

@@ -3,9 +3,13 @@
 //! routing or HTTP-status decisions.
 //!
 //! - `openai`: any OpenAI-compatible Chat Completions server, over HTTP.
+//! - `anthropic`: Anthropic's Messages API, translated.
+//! - `transport` (the request, errors, redaction) over `client` (pools,
+//!   TLS, proxies): the HTTP side both share.
 //! - `mock`: built in, no network; echo and fault-injection models.
 
 pub mod anthropic;
+pub mod client;
 pub mod error;
 pub mod mock;
 pub mod openai;
@@ -94,6 +98,7 @@ impl Registry {
     ) -> Result<(Self, Vec<ProviderWarning>), ProviderError> {
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let mut warnings = Vec::new();
+        let proxies = client::Proxies::from_env(env);
         for p in &config.providers {
             // (variable name, value if set) for providers that need a key.
             let key = p
@@ -110,8 +115,10 @@ impl Registry {
             }
             let provider: Arc<dyn Provider> = match p.kind {
                 ProviderKind::Mock => Arc::new(mock::MockProvider::new(&p.name, p.timeouts)),
-                ProviderKind::OpenAi => Arc::new(openai::OpenAiProvider::new(p, key)?),
-                ProviderKind::Anthropic => Arc::new(anthropic::AnthropicProvider::new(p, key)?),
+                ProviderKind::OpenAi => Arc::new(openai::OpenAiProvider::new(p, key, &proxies)?),
+                ProviderKind::Anthropic => {
+                    Arc::new(anthropic::AnthropicProvider::new(p, key, &proxies)?)
+                }
             };
             providers.insert(p.name.clone(), provider);
         }

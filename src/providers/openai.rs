@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 
+use super::client::Proxies;
 use super::transport::{self, KeyHeader, Transport};
 use super::{Api, ChatCall, ChatReply, Provider, ProviderError};
 use crate::config::{ProviderConfig, Timeouts};
@@ -13,7 +14,7 @@ pub struct OpenAiProvider {
     name: String,
     transport: Transport,
     /// `{base_url}/responses`, when the server has the Responses API.
-    responses_url: Option<reqwest::Url>,
+    responses_url: Option<http::Uri>,
     timeouts: Timeouts,
 }
 
@@ -22,8 +23,16 @@ impl OpenAiProvider {
     pub fn new(
         config: &ProviderConfig,
         key: Option<(&str, Option<String>)>,
+        proxies: &Proxies,
     ) -> Result<Self, ProviderError> {
-        let transport = Transport::new(config, "/chat/completions", KeyHeader::Bearer, key, &[])?;
+        let transport = Transport::new(
+            config,
+            "/chat/completions",
+            KeyHeader::Bearer,
+            key,
+            &[],
+            proxies,
+        )?;
         let responses_url = match config.native_responses {
             true => Some(Transport::url_at(config, "/responses")?),
             false => None,

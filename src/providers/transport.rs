@@ -1,20 +1,26 @@
-//! The HTTP side of every provider that speaks to a server: one client
-//! per provider and thread (connect timeout, no redirects), the gateway's own key in
-//! the header the provider wants, the first-byte and total limits, error
-//! bodies read into `ProviderError`, and the redaction of the key from
-//! anything an upstream echoes. Adapters (`openai.rs`, `anthropic.rs`)
-//! decide what the body says and how answers are read.
+//! The HTTP side of every provider that speaks to a server: the request
+//! (the gateway's own key in the header the provider wants, the configured
+//! headers, the body), the first-byte and total limits, error bodies read
+//! into `ProviderError`, and the redaction of the key from anything an
+//! upstream echoes. Connections, TLS and proxies are `client.rs`'s.
+//! Adapters (`openai.rs`, `anthropic.rs`) decide what the body says and how
+//! answers are read.
 
+use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyDataStream, BodyExt, Full, LengthLimitError, Limited};
 use serde_json::Value;
-use thread_local::ThreadLocal;
 
+use super::client::{Answer, HttpClient, Proxies};
 use super::{sse, EventStream, ProviderError};
 use crate::config::{ProviderConfig, Timeouts};
 
@@ -41,18 +47,11 @@ impl fmt::Debug for Secret {
 }
 
 pub struct Transport {
-    /// Parsed once: reqwest would otherwise parse a string on every call.
-    url: reqwest::Url,
+    /// Parsed once, at start.
+    url: Uri,
     auth: Result<Option<Secret>, String>,
     headers: HeaderMap,
-    /// Built at start, so that a bad setting fails there; the template of
-    /// every thread's own client.
-    client: reqwest::Client,
-    /// One client, so one connection pool, per thread that calls: a
-    /// serving thread's upstream connections are driven by its own
-    /// runtime, and a request never waits on another thread's.
-    per_thread: ThreadLocal<reqwest::Client>,
-    connect_timeout: Duration,
+    http: HttpClient,
     timeouts: Timeouts,
 }
 
@@ -66,6 +65,7 @@ impl Transport {
         style: KeyHeader,
         key: Option<(&str, Option<String>)>,
         extra: &[(&'static str, &str)],
+        proxies: &Proxies,
     ) -> Result<Self, ProviderError> {
         let auth = match key {
             None => Ok(None),
@@ -75,7 +75,7 @@ impl Transport {
             )),
             Some((var, Some(value))) => {
                 let (name, text) = match style {
-                    KeyHeader::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {value}")),
+                    KeyHeader::Bearer => (AUTHORIZATION, format!("Bearer {value}")),
                     KeyHeader::Plain(name) => (HeaderName::from_static(name), value.clone()),
                 };
                 let mut header = HeaderValue::from_str(&text).map_err(|_| {
@@ -95,43 +95,36 @@ impl Transport {
             headers.insert(name, value);
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let client = Self::client_with(config.timeouts.connect)
-            .map_err(|e| ProviderError::NotConfigured(format!("HTTP client: {e}")))?;
+        headers
+            .entry(ACCEPT)
+            .or_insert(HeaderValue::from_static("*/*"));
+        let url = Self::url_at(config, path)?;
+        let connect = config.timeouts.connect;
+        let http =
+            HttpClient::new(&url, proxies, connect, &config.ca_certificates).map_err(|e| {
+                ProviderError::NotConfigured(format!("provider {:?}: {e}", config.name))
+            })?;
+        if let Some(proxy) = http.proxy() {
+            tracing::info!(provider = %config.name, %proxy, "upstream requests go through a proxy");
+        }
         Ok(Self {
-            url: Self::url_at(config, path)?,
+            url,
             auth,
             headers,
-            client,
-            per_thread: ThreadLocal::new(),
-            connect_timeout: config.timeouts.connect,
+            http,
             timeouts: config.timeouts,
         })
     }
 
-    fn client_with(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            // Upstreams are configured by the operator: never follow a
-            // redirect elsewhere with the gateway's key.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-    }
-
-    /// This thread's client (the one built at start if another cannot be
-    /// built, which the first build having worked rules out in practice).
-    fn client(&self) -> &reqwest::Client {
-        self.per_thread.get_or(|| {
-            Self::client_with(self.connect_timeout).unwrap_or_else(|_| self.client.clone())
-        })
-    }
-
-    /// An endpoint of the provider's server: `path` after its base_url.
-    pub fn url_at(config: &ProviderConfig, path: &str) -> Result<reqwest::Url, ProviderError> {
-        reqwest::Url::parse(&format!("{}{path}", config.base_url))
-            .map_err(|e| ProviderError::NotConfigured(format!("base_url: {e}")))
+    /// An endpoint of the provider's server: `path` after its base_url,
+    /// normalized as the config check read it.
+    pub fn url_at(config: &ProviderConfig, path: &str) -> Result<Uri, ProviderError> {
+        let bad = |e: String| ProviderError::NotConfigured(format!("base_url: {e}"));
+        let url = reqwest::Url::parse(&format!("{}{path}", config.base_url))
+            .map_err(|e| bad(e.to_string()))?;
+        url.as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))
     }
 
     /// POSTs `body`. A success comes back with the redactor for what the
@@ -140,7 +133,7 @@ impl Transport {
         &self,
         body: Bytes,
         stream: bool,
-    ) -> Result<(reqwest::Response, Redactor), ProviderError> {
+    ) -> Result<(Answer, Redactor), ProviderError> {
         self.post_to(None, body, stream).await
     }
 
@@ -148,22 +141,21 @@ impl Transport {
     /// main endpoint.
     pub async fn post_to(
         &self,
-        url: Option<&reqwest::Url>,
+        url: Option<&Uri>,
         body: Bytes,
         stream: bool,
-    ) -> Result<(reqwest::Response, Redactor), ProviderError> {
+    ) -> Result<(Answer, Redactor), ProviderError> {
         let auth = self
             .auth
             .as_ref()
             .map_err(|m| ProviderError::NotConfigured(m.clone()))?;
-        let mut request = self
-            .client()
-            .post(url.unwrap_or(&self.url).clone())
-            .headers(self.headers.clone())
-            .body(body);
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = url.unwrap_or(&self.url).clone();
+        *request.headers_mut() = self.headers.clone();
         let mut redactor = Redactor(None);
         if let Some(Secret(name, value, key)) = auth {
-            request = request.header(name, value.clone());
+            request.headers_mut().insert(name, value.clone());
             redactor = key.clone();
         }
         // A non-streaming upstream sends its headers only once the whole
@@ -174,10 +166,10 @@ impl Transport {
         } else {
             self.timeouts.total
         };
-        let response = tokio::time::timeout(limit, request.send())
+        let response = tokio::time::timeout(limit, self.http.send(request))
             .await
             .map_err(|_| ProviderError::Timeout(format!("no response headers within {limit:?}")))?
-            .map_err(|e| ProviderError::Transport(describe(e)))?;
+            .map_err(|e| redactor.error(ProviderError::Transport(describe(&e))))?;
         if !response.status().is_success() {
             return Err(redactor.error(upstream_error(response).await));
         }
@@ -186,8 +178,9 @@ impl Transport {
 }
 
 /// The events of a streaming answer, redacted.
-pub fn events(response: reqwest::Response, redactor: Redactor) -> EventStream {
-    sse::events(response.bytes_stream())
+pub fn events(response: Answer, redactor: Redactor) -> EventStream {
+    let body = BodyDataStream::new(response.into_body()).map_err(|e| describe(&e));
+    sse::events(body)
         .map(move |event| match event {
             Ok(data) => Ok(redactor.text(data)),
             Err(e) => Err(redactor.error(e)),
@@ -196,10 +189,7 @@ pub fn events(response: reqwest::Response, redactor: Redactor) -> EventStream {
 }
 
 /// The whole body of a complete answer, redacted.
-pub async fn body(
-    response: reqwest::Response,
-    redactor: &Redactor,
-) -> Result<Bytes, ProviderError> {
+pub async fn body(response: Answer, redactor: &Redactor) -> Result<Bytes, ProviderError> {
     read_capped(response, MAX_BODY_BYTES)
         .await
         .map(|body| redactor.bytes(body))
@@ -256,12 +246,12 @@ impl Redactor {
     }
 }
 
-/// A reqwest error as a sentence, without the URL (it could carry secrets
-/// in query strings of some deployments) and without the request body.
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
+/// An HTTP client error as a sentence, with its causes. hyper's errors
+/// carry neither the URL (which could hold secrets in the query strings of
+/// some deployments) nor the request body.
+fn describe(e: &(dyn StdError + 'static)) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
@@ -270,24 +260,17 @@ fn describe(e: reqwest::Error) -> String {
     text
 }
 
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, ProviderError> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| ProviderError::Transport(describe(e)))?
-    {
-        if buf.len() + chunk.len() > cap {
-            return Err(ProviderError::Decode(format!(
-                "response body larger than {cap} bytes"
-            )));
-        }
-        buf.extend_from_slice(&chunk);
+async fn read_capped(response: Answer, cap: usize) -> Result<Bytes, ProviderError> {
+    match Limited::new(response.into_body(), cap).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ProviderError::Decode(format!(
+            "response body larger than {cap} bytes"
+        ))),
+        Err(e) => Err(ProviderError::Transport(describe(&*e))),
     }
-    Ok(buf.freeze())
 }
 
-async fn upstream_error(response: reqwest::Response) -> ProviderError {
+async fn upstream_error(response: Answer) -> ProviderError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::Value;
 
+use super::client::Proxies;
 use super::transport::{self, KeyHeader, Transport};
 use super::{ChatCall, ChatReply, Provider, ProviderError};
 use crate::config::{ProviderConfig, Timeouts};
@@ -27,6 +28,7 @@ impl AnthropicProvider {
     pub fn new(
         config: &ProviderConfig,
         key: Option<(&str, Option<String>)>,
+        proxies: &Proxies,
     ) -> Result<Self, ProviderError> {
         let version = config
             .anthropic_version
@@ -40,6 +42,7 @@ impl AnthropicProvider {
                 KeyHeader::Plain("x-api-key"),
                 key,
                 &[("anthropic-version", version)],
+                proxies,
             )?,
             timeouts: config.timeouts,
         })
