@@ -327,8 +327,11 @@ pub type Answer = Response<Incoming>;
 mod tests {
     use super::*;
 
+    /// An environment variable: name, value.
+    type Var = (&'static str, &'static str);
+
     /// The proxy `vars` give requests to `upstream`.
-    fn proxy_of(vars: &[(&str, &str)], upstream: &str) -> Result<Option<String>, String> {
+    fn proxy_of(vars: &[Var], upstream: &str) -> Result<Option<String>, String> {
         let env = |name: &str| {
             let found = vars.iter().find(|(k, _)| *k == name);
             found.map(|(_, v)| v.to_string())
@@ -339,61 +342,41 @@ mod tests {
         Ok(client.proxy().map(Uri::to_string))
     }
 
-    fn via(proxy: &str) -> Result<Option<String>, String> {
-        Ok(Some(proxy.to_string()))
-    }
-
     #[test]
-    fn the_environment_names_a_proxy_per_scheme() {
-        assert_eq!(proxy_of(&[], "https://api.openai.com/v1"), Ok(None));
+    fn the_environment_names_a_proxy_per_scheme_and_no_proxy_exempts() {
         let both = [
             ("HTTP_PROXY", "http://p1:3128"),
             ("HTTPS_PROXY", "http://p2:3128"),
         ];
-        assert_eq!(
-            proxy_of(&both, "http://vllm:8000/v1"),
-            via("http://p1:3128/")
-        );
-        assert_eq!(
-            proxy_of(&both, "https://api.openai.com/v1"),
-            via("http://p2:3128/")
-        );
         // Upper case before lower case; ALL_PROXY where the scheme's is unset.
         let mixed = [
             ("https_proxy", "http://lower:1"),
             ("HTTPS_PROXY", "http://upper:1"),
             ("all_proxy", "http://all:1"),
         ];
-        assert_eq!(
-            proxy_of(&mixed, "https://api.openai.com/v1"),
-            via("http://upper:1/")
-        );
-        assert_eq!(
-            proxy_of(&mixed, "http://vllm:8000/v1"),
-            via("http://all:1/")
-        );
         // Credentials become a header, never part of the proxy's address.
         let secret = [("HTTPS_PROXY", "http://user:pw@p:1")];
-        assert_eq!(
-            proxy_of(&secret, "https://api.openai.com/v1"),
-            via("http://p:1/")
-        );
-    }
-
-    #[test]
-    fn no_proxy_and_a_cgi_environment_exempt_upstreams() {
-        let vars = [
+        let exempt = [
             ("ALL_PROXY", "http://p:1"),
             ("NO_PROXY", "openai.com, 10.0.0.0/8"),
         ];
-        assert_eq!(proxy_of(&vars, "https://api.openai.com/v1"), Ok(None));
-        assert_eq!(proxy_of(&vars, "http://10.1.2.3:8000/v1"), Ok(None));
-        assert_eq!(
-            proxy_of(&vars, "https://api.anthropic.com/v1"),
-            via("http://p:1/")
-        );
         let cgi = [("HTTP_PROXY", "http://p:1"), ("REQUEST_METHOD", "GET")];
-        assert_eq!(proxy_of(&cgi, "http://vllm:8000/v1"), Ok(None));
+        let cases: [(&[Var], &str, Option<&str>); 10] = [
+            (&[], "https://api.openai.com/v1", None),
+            (&both, "http://vllm:8000/v1", Some("http://p1:3128/")),
+            (&both, "https://api.openai.com/v1", Some("http://p2:3128/")),
+            (&mixed, "https://api.openai.com/v1", Some("http://upper:1/")),
+            (&mixed, "http://vllm:8000/v1", Some("http://all:1/")),
+            (&secret, "https://api.openai.com/v1", Some("http://p:1/")),
+            (&exempt, "https://api.openai.com/v1", None),
+            (&exempt, "http://10.1.2.3:8000/v1", None),
+            (&exempt, "https://api.anthropic.com/v1", Some("http://p:1/")),
+            (&cgi, "http://vllm:8000/v1", None),
+        ];
+        for (vars, upstream, proxy) in cases {
+            let want = Ok(proxy.map(str::to_string));
+            assert_eq!(proxy_of(vars, upstream), want, "{vars:?} {upstream}");
+        }
     }
 
     #[test]

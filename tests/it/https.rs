@@ -14,7 +14,6 @@ use http::Version;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -24,7 +23,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::support::gateway::UP_KEY_ENV;
 use crate::support::upstream::{answer, completion, respond, sse_response};
-use crate::support::{content_of, error_reply, post_chat, GatewayConfig, Sse, TestGateway, UP_KEY};
+use crate::support::{
+    chat_body, content_of, error_reply, post_chat, GatewayConfig, Sse, TestGateway, UP_KEY,
+};
 
 const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/certs");
 
@@ -110,10 +111,6 @@ impl Drop for TlsUpstream {
     }
 }
 
-fn ask(stream: bool) -> serde_json::Value {
-    json!({"model": "up/m", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
-}
-
 #[tokio::test]
 async fn a_server_behind_a_private_ca_is_reached_over_http2_when_ca_file_names_it() {
     let upstream = TlsUpstream::start().await;
@@ -121,12 +118,12 @@ async fn a_server_behind_a_private_ca_is_reached_over_http2_when_ca_file_names_i
         GatewayConfig::openai(&upstream.base_url()).provider("ca_file", format!("{CERTS}/ca.pem"));
     let gw = TestGateway::start_with_env(&config.toml(), &[(UP_KEY_ENV, UP_KEY)]).await;
 
-    let response = post_chat(&gw, &ask(false)).await;
+    let response = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "over TLS");
 
-    let response = post_chat(&gw, &ask(true)).await;
+    let response = post_chat(&gw, &chat_body("up/m", true)).await;
     assert_eq!(response.status(), 200);
     let frames = Sse::new(response).rest().await;
     assert_eq!(content_of(&frames), "over TLS");
@@ -144,7 +141,7 @@ async fn without_its_ca_the_servers_certificate_is_refused() {
     let upstream = TlsUpstream::start().await;
     let gw = TestGateway::for_upstream(&upstream.base_url()).await;
 
-    let reply = error_reply(post_chat(&gw, &ask(false)).await).await;
+    let reply = error_reply(post_chat(&gw, &chat_body("up/m", false)).await).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(
         reply.error["code"], "provider_unreachable",

@@ -8,13 +8,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::gateway::UP_KEY_ENV;
 use crate::support::upstream::{completion, read_request};
 use crate::support::{
-    error_reply, post_chat, GatewayConfig, RawUpstream, TestGateway, Upstream, PATIENCE, UP_KEY,
+    chat_body, error_reply, post_chat, GatewayConfig, RawUpstream, TestGateway, Upstream, PATIENCE,
+    UP_KEY,
 };
 
 /// What a test proxy was sent, one entry per connection.
@@ -64,11 +64,7 @@ async fn an_http_upstream_is_asked_through_http_proxy_in_absolute_form() {
     )
     .await;
 
-    let response = post_chat(
-        &gw,
-        &json!({"model": "up/m", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let response = post_chat(&gw, &chat_body("up/m", false)).await;
     assert_eq!(response.status(), 200);
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "via the proxy");
@@ -133,11 +129,7 @@ async fn an_https_upstream_is_reached_through_a_connect_tunnel_with_tls_inside()
     )
     .await;
 
-    let response = post_chat(
-        &gw,
-        &json!({"model": "up/m", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let response = post_chat(&gw, &chat_body("up/m", false)).await;
     let reply = error_reply(response).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(
@@ -197,11 +189,7 @@ async fn no_proxy_exempts_an_upstream_and_a_cgi_environment_ignores_the_proxy() 
         let mut env = vec![(UP_KEY_ENV, UP_KEY)];
         env.extend_from_slice(extra);
         let gw = TestGateway::start_with_env(&config.toml(), &env).await;
-        let response = post_chat(
-            &gw,
-            &json!({"model": "up/m", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
+        let response = post_chat(&gw, &chat_body("up/m", false)).await;
         assert_eq!(response.status(), 200, "{extra:?}");
         let answer: serde_json::Value = response.json().await.unwrap();
         assert_eq!(
