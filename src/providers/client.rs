@@ -76,7 +76,6 @@ impl Proxies {
 }
 
 /// How requests to one upstream travel.
-#[derive(Clone)]
 enum Route {
     Direct,
     /// An http upstream through a proxy: the proxy gets the request in
