@@ -198,10 +198,31 @@ struct Shared {
     /// held), and only for as long as it takes to move jobs in or out.
     pending: Mutex<Pending>,
     /// `None` once closed. Whoever holds it commits everything pending.
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<Conn>>,
     /// How long a caller that may block waits for another connection's
     /// write lock (the connection itself never waits: see `commit`).
     busy_timeout: Duration,
+}
+
+/// The batch connection, and the holds it committed that are still open
+/// as far as it knows: a settlement of one of them removes the row and
+/// takes its key and amount from here, without reading the row first.
+/// A hold that is not here (written before a restart, forgotten after
+/// [`MAX_REMEMBERED`], or settled elsewhere) is read from the table.
+pub(super) struct Conn {
+    db: Connection,
+    open: HashMap<String, (String, NanoUsd)>,
+}
+
+/// The most open holds `Conn` remembers; past it, it forgets them all
+/// (their settlements read the rows instead).
+const MAX_REMEMBERED: usize = 1 << 16;
+
+impl std::ops::Deref for Conn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.db
+    }
 }
 
 /// The handle requests queue their operations on.
@@ -273,7 +294,10 @@ impl Batcher {
         Ok(Self {
             shared: Arc::new(Shared {
                 pending: Mutex::default(),
-                conn: Mutex::new(Some(conn)),
+                conn: Mutex::new(Some(Conn {
+                    db: conn,
+                    open: HashMap::new(),
+                })),
                 busy_timeout,
             }),
         })
@@ -456,8 +480,8 @@ impl Shared {
     /// `run` gave the batch back, and it is in front of the queue again.
     fn commit_next(
         &self,
-        conn: &mut Option<Connection>,
-        run: impl FnOnce(&mut Connection, Vec<Job>) -> Result<Vec<Op>, Vec<Job>>,
+        conn: &mut Option<Conn>,
+        run: impl FnOnce(&mut Conn, Vec<Job>) -> Result<Vec<Op>, Vec<Job>>,
     ) -> Result<(), ()> {
         let (jobs, flushes) = lock(&self.pending).next_batch();
         match conn.as_mut() {
@@ -486,7 +510,7 @@ impl Shared {
     }
 
     /// The connection, waiting for it if another caller holds it.
-    fn conn_waiting(&self) -> MutexGuard<'_, Option<Connection>> {
+    fn conn_waiting(&self) -> MutexGuard<'_, Option<Conn>> {
         match self.conn.lock() {
             Ok(conn) => conn,
             Err(p) => self.recovered(p.into_inner()),
@@ -497,8 +521,8 @@ impl Shared {
     /// transaction it was in is rolled back, so the next batch can begin.
     fn recovered<'a>(
         &self,
-        mut conn: MutexGuard<'a, Option<Connection>>,
-    ) -> MutexGuard<'a, Option<Connection>> {
+        mut conn: MutexGuard<'a, Option<Conn>>,
+    ) -> MutexGuard<'a, Option<Conn>> {
         if let Some(c) = conn.as_mut() {
             rollback(c);
         }
@@ -539,7 +563,7 @@ impl Drop for Shared {
 /// `commit`, waiting up to `busy_timeout` for another connection's write
 /// lock (on a thread that may block). Returns the releases of orphaned
 /// holds.
-fn commit_waiting(conn: &mut Connection, jobs: Vec<Job>, busy_timeout: Duration) -> Vec<Op> {
+fn commit_waiting(conn: &mut Conn, jobs: Vec<Job>, busy_timeout: Duration) -> Vec<Op> {
     if jobs.is_empty() {
         return Vec::new();
     }
@@ -557,7 +581,7 @@ fn commit_waiting(conn: &mut Connection, jobs: Vec<Job>, busy_timeout: Duration)
 
 /// `commit_waiting`, and then the releases of its orphaned holds (when
 /// nothing will come after: the store is closing).
-fn commit_all(conn: &mut Connection, jobs: Vec<Job>, busy_timeout: Duration) {
+fn commit_all(conn: &mut Conn, jobs: Vec<Job>, busy_timeout: Duration) {
     let releases = commit_waiting(conn, jobs, busy_timeout);
     commit_waiting(
         conn,
@@ -571,7 +595,7 @@ fn commit_all(conn: &mut Connection, jobs: Vec<Job>, busy_timeout: Duration) {
 /// are gone (`Job::answer`). `Err`: another connection holds the write
 /// lock (and the busy timeout, if any, ran out); the jobs not yet
 /// applied come back in order, untouched.
-fn commit(conn: &mut Connection, jobs: Vec<Job>) -> Result<Vec<Op>, Vec<Job>> {
+fn commit(conn: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Op>, Vec<Job>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -636,14 +660,16 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
 }
 
-fn rollback(conn: &mut Connection) {
+fn rollback(conn: &Connection) {
     // Fails harmlessly if the transaction never began or already ended.
     let _ = exec(conn, sql::ROLLBACK, []);
 }
 
 /// Applies `ops` in the transaction `commit` began, and commits it.
-fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
+fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
     let mut moves = Moves::default();
+    // The holds this batch writes, remembered once it commits.
+    let mut written = Vec::new();
     // Settlements first, in queue order. A hold settled twice in one batch
     // moves money once.
     let mut settling = HashSet::new();
@@ -705,6 +731,7 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
                 sql::LEDGER,
                 rusqlite::params![h.key_id, "hold", -h.amount, 0, h.request_id, h.now],
             )?;
+            written.push(h);
         }
         done.push(Done::Hold(result));
     }
@@ -724,6 +751,13 @@ fn apply(conn: &mut Connection, ops: &[&Op]) -> StoreResult<Vec<Done>> {
     }
     moves.write(conn)?;
     exec(conn, sql::COMMIT, [])?;
+    if conn.open.len() + written.len() > MAX_REMEMBERED {
+        conn.open.clear();
+    }
+    for h in written {
+        conn.open
+            .insert(h.hold_id.clone(), (h.key_id.clone(), h.amount));
+    }
     Ok(done)
 }
 
@@ -761,9 +795,13 @@ impl Moves {
 
 /// Runs one cached statement with its values.
 fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<()> {
+    exec_count(conn, sql, params).map(drop)
+}
+
+/// `exec`, giving the number of rows changed.
+fn exec_count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
     conn.prepare_cached(sql)
         .and_then(|mut statement| statement.execute(params))
-        .map(drop)
         .map_err(failed)
 }
 
@@ -771,20 +809,30 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreRes
 /// more than the hold), gives the rest back (in `moves`), writes the
 /// ledger row.
 fn settle_hold(
-    conn: &Connection,
+    conn: &mut Conn,
     moves: &mut Moves,
     hold_id: &str,
     cost: NanoUsd,
     request_id: &str,
     at: i64,
 ) -> StoreResult<()> {
-    let open: Option<(String, NanoUsd)> = conn
-        .prepare_cached(sql::HOLD)
-        .and_then(|mut st| {
-            st.query_row([hold_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(failed)?;
+    let open = match conn.open.remove(hold_id) {
+        // Still open unless the sweeper got there first.
+        Some(known) => (exec_count(conn, sql::UNHOLD, [hold_id])? == 1).then_some(known),
+        None => {
+            let row = conn
+                .prepare_cached(sql::HOLD)
+                .and_then(|mut st| {
+                    st.query_row([hold_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(failed)?;
+            if row.is_some() {
+                exec(conn, sql::UNHOLD, [hold_id])?;
+            }
+            row
+        }
+    };
     let Some((key_id, amount)) = open else {
         return Ok(());
     };
@@ -796,8 +844,7 @@ fn settle_hold(
         conn,
         sql::LEDGER,
         rusqlite::params![key_id, kind, refund, charged, request_id, at],
-    )?;
-    exec(conn, sql::UNHOLD, [hold_id])
+    )
 }
 
 fn record_usage(conn: &Connection, u: &UsageRecord) -> StoreResult<()> {
@@ -1059,6 +1106,49 @@ pub(super) mod tests {
             .map(|r| (r.kind, r.amount))
             .collect();
         assert_eq!(kinds, [("topup".into(), 100), ("hold".into(), -60)]);
+    }
+
+    /// A hold the batch connection remembers is settled from memory, once;
+    /// if the sweeper resolved it first, the late settlement moves no
+    /// money. A hold it does not remember is read from its row.
+    #[tokio::test]
+    async fn remembered_and_forgotten_holds_settle_once() {
+        let (_dir, store, key) = store_with_key(100).await;
+        let expiring = |hold_id: &str| {
+            let Op::Hold(mut h) = hold(&key, hold_id, 40) else {
+                unreachable!()
+            };
+            h.expires_at = 5;
+            Op::Hold(h)
+        };
+        store.batch.submit(expiring("h1")).await.unwrap();
+        store.batch.submit(expiring("h2")).await.unwrap();
+        store.batch.submit(hold(&key, "h3", 10)).await.unwrap();
+        // The sweeper charges h1 in full; the batch still remembers it.
+        store.sweep_expired(6).await.unwrap();
+        store.settle(&settled(&key, "h1", 1)).await.unwrap();
+        // h3 forgotten (as after a restart): settled from its row.
+        lock(&store.batch.shared.conn)
+            .as_mut()
+            .unwrap()
+            .open
+            .clear();
+        store.settle(&settled(&key, "h3", 4)).await.unwrap();
+        store.settle(&settled(&key, "h3", 4)).await.unwrap();
+        assert_eq!(
+            ledger_of(&store, &key).await,
+            [
+                ("topup".into(), 100, 0),
+                ("hold".into(), -40, 0),
+                ("hold".into(), -40, 0),
+                ("hold".into(), -10, 0),
+                ("settle".into(), 0, 40),
+                ("settle".into(), 0, 40),
+                ("settle".into(), 6, 4),
+            ]
+        );
+        assert_eq!(balance_of(&store, &key).await, Some(16));
+        assert_eq!(store.totals().await.unwrap().active_holds, 0);
     }
 
     /// A release gives the whole hold back and records no usage.
