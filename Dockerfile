@@ -15,10 +15,16 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin mume
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin mume \
+ && install -d -o mume -g mume /var/lib/mume
 COPY --from=build /src/target/release/mume-gateway /usr/local/bin/mume-gateway
 COPY config/gateway.toml /etc/mume/gateway.toml
 USER mume
+# The default store (`mume-gateway.db`, a path relative to the working
+# directory) lives here: mount a volume to keep keys and credits across
+# container restarts.
+WORKDIR /var/lib/mume
+VOLUME /var/lib/mume
 # Listen on every interface inside the container. Mount your own config
 # over /etc/mume/gateway.toml (or point MUME_CONFIG elsewhere).
 ENV MUME_LISTEN=0.0.0.0:8080 \

@@ -1,6 +1,5 @@
 //! Command-line interface (clap structs only).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -94,6 +93,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Listen address, overriding server.listen.
+    // Read as text and parsed only when serving: an unusable MUME_LISTEN
+    // in the environment must not stop `check-config` or `keys`.
     #[arg(long, env = "MUME_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<String>,
 }

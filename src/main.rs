@@ -99,7 +99,13 @@ fn run(args: ServeArgs) -> ExitCode {
         }
     };
     if let Some(listen) = args.listen {
-        config.server.listen = listen;
+        match listen.parse() {
+            Ok(addr) => config.server.listen = addr,
+            Err(_) => {
+                eprintln!("--listen / MUME_LISTEN: {listen:?} is not an address to listen on; give an IP address and a port, such as 127.0.0.1:8080");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     // The first of the serving threads (server.rs): single-threaded, like
     // the others; background work (the sweeper, checkpoints) runs here too.
@@ -127,7 +133,7 @@ fn run(args: ServeArgs) -> ExitCode {
         match state.starter_key(config.keys.starter_credit).await {
             // Shown once, on stderr and not through the log, and never again.
             Ok(Some(key)) => eprintln!(
-                "\nFirst start: created a starter API key with {} USD of credit (shown only now):\n\n    {}\n\nUse it as the API key, e.g. export OPENAI_API_KEY={} and base_url http://{}/api/v1\n",
+                "\nFirst start: created a starter API key with {} USD of credit (shown only now):\n\n    {}\n\nUse it as the API key, e.g. export MUME_API_KEY={} and base_url http://{}/api/v1\n",
                 config::usd_string(config.keys.starter_credit),
                 key.reveal(),
                 key.reveal(),

@@ -231,6 +231,11 @@ impl Accounts {
         if let Some(name) = &patch.name {
             validate_name(name)?;
         }
+        validate_limits([
+            ("rpm", patch.rpm.flatten()),
+            ("tpm", patch.tpm.flatten()),
+            ("max_concurrent", patch.max_concurrent.flatten()),
+        ])?;
         let updated = self
             .store
             .keys
@@ -317,6 +322,19 @@ fn validate_name(name: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// A limit is a positive count; no limit is `None`. (A limit of 0 would
+/// refuse every request while telling clients to retry.)
+fn validate_limits(limits: [(&str, Option<u32>); 3]) -> Result<(), GatewayError> {
+    match limits.into_iter().find(|(_, v)| *v == Some(0)) {
+        Some((name, _)) => Err(GatewayError::bad_request(
+            "invalid_field",
+            format!("`{name}` must be a positive whole number; leave it out for no limit."),
+            Some(name),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn validate_patterns(models: &[String]) -> Result<(), GatewayError> {
     if models.len() > 100 {
         return Err(GatewayError::bad_request(
@@ -344,6 +362,12 @@ fn validate_patterns(models: &[String]) -> Result<(), GatewayError> {
 fn validate_spec(spec: &KeySpec) -> Result<(), GatewayError> {
     validate_name(&spec.name)?;
     validate_patterns(&spec.models)?;
+    let l = spec.limits;
+    validate_limits([
+        ("rpm", l.rpm),
+        ("tpm", l.tpm),
+        ("max_concurrent", l.max_concurrent),
+    ])?;
     if let Some(credits) = spec.credits {
         if !(0..=MAX_CREDIT_CHANGE).contains(&credits) {
             return Err(GatewayError::bad_request(

@@ -3,16 +3,18 @@
 //! adjustments, totals. Input is parsed strictly here, then handed to
 //! `Accounts`, which holds the rules the CLI shares.
 
-use axum::extract::{Path, Query, State};
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::extract::BodyBytes;
+use super::extract::{BodyBytes, PathId};
 use super::views::{usd, KeyView};
 use crate::accounts::{store_unavailable, KeySpec};
 use crate::config::{parse_signed_usd, NanoUsd};
@@ -186,18 +188,30 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct Page {
-    offset: Option<u64>,
-    limit: Option<u64>,
+/// A whole number from the query string (`None` when absent); anything
+/// else is a 400 naming the parameter.
+fn query_count(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, GatewayError> {
+    query
+        .get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                bad(
+                    name,
+                    format!("`{name}` must be a whole number of 0 or more, not {v:?}."),
+                )
+            })
+        })
+        .transpose()
 }
 
 pub async fn list_keys(
     State(state): State<AppState>,
-    Query(page): Query<Page>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let offset = page.offset.unwrap_or(0);
-    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let offset = query_count(&query, "offset")?.unwrap_or(0);
+    let limit = query_count(&query, "limit")?
+        .unwrap_or(100)
+        .clamp(1, MAX_PAGE);
     let keys = state
         .accounts
         .store
@@ -240,7 +254,7 @@ fn key_response(record: &crate::store::KeyRecord) -> Response {
 
 pub async fn get_key(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     Ok(key_response(&state.accounts.get_key(&id).await?))
 }
@@ -258,7 +272,7 @@ const PATCH_FIELDS: &[&str] = &[
 
 pub async fn update_key(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let map = object(&body, PATCH_FIELDS)?;
@@ -292,7 +306,7 @@ pub async fn update_key(
 
 pub async fn delete_key(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
     state.accounts.delete_key(&id).await?;
     Ok(Json(json!({"data": {"id": id, "deleted": true}})))
@@ -300,7 +314,7 @@ pub async fn delete_key(
 
 pub async fn credit_key(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let map = object(&body, &["amount", "kind", "note"])?;

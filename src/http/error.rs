@@ -37,8 +37,9 @@ impl IntoResponse for ApiError {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        if self.0.kind == ErrorKind::InsufficientCredits {
-            // Tells the OpenAI SDKs not to retry a condition that will not clear.
+        if self.0.kind == ErrorKind::InsufficientCredits || self.0.code == "max_tokens_over_limit" {
+            // Tells the OpenAI SDKs not to retry a condition that will not
+            // clear (a request whose max_tokens alone exceeds the key's tpm).
             headers.insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response.extensions_mut().insert(self.0);
@@ -79,5 +80,17 @@ mod tests {
         .into_response();
         assert_eq!(r.status(), 402);
         assert_eq!(r.headers()["x-should-retry"], "false");
+        let never = GatewayError::new(ErrorKind::RateLimited, "max_tokens_over_limit", "lower it")
+            .with_retry_after(Duration::from_secs(60));
+        let r = ApiError(never).into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-should-retry"], "false");
+        let r = ApiError(GatewayError::new(
+            ErrorKind::RateLimited,
+            "rate_limit_requests",
+            "wait",
+        ))
+        .into_response();
+        assert!(r.headers().get("x-should-retry").is_none());
     }
 }

@@ -2,8 +2,9 @@
 //! over the limit is a 413 whether it declared a Content-Length or came
 //! chunked, and never a confusing "invalid JSON".
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_LENGTH;
+use axum::http::request::Parts;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -42,6 +43,29 @@ impl FromRequest<AppState> for BodyBytes {
                 "body_unreadable",
                 format!("The request body could not be read ({e}). Resend the request."),
                 None,
+            ))),
+        }
+    }
+}
+
+/// The `{id}` of a route, percent-decoded. An id that does not decode to
+/// UTF-8 is a 400 naming `id`, in the gateway's error shape (axum's own
+/// rejection is a plain-text body).
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Self(id)),
+            Err(e) => Err(ApiError(GatewayError::bad_request(
+                "invalid_path",
+                format!(
+                    "The id in the URL path could not be read ({}). Percent-encode it as UTF-8.",
+                    e.body_text()
+                ),
+                Some("id"),
             ))),
         }
     }

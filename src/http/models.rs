@@ -1,10 +1,11 @@
 //! `GET /api/v1/models` and `GET /api/v1/models/{id}` (ids contain "/").
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::extract::PathId;
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
@@ -13,7 +14,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.gateway.catalog.model_json(&id)?))
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::{Extension, Json};
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::chat::{caller, outcome_response};
 use super::error::ApiError;
-use super::extract::BodyBytes;
+use super::extract::{BodyBytes, PathId};
 use crate::gateway::record::RequestContext;
 use crate::gateway::responses::input_items_page;
 use crate::middleware::auth::AuthedKey;
@@ -33,7 +33,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     Extension(AuthedKey(key)): Extension<AuthedKey>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
     let stored = state.gateway.stored_response(&key.id, &id).await?;
     Ok(Json(stored.response))
@@ -42,7 +42,7 @@ pub async fn get(
 pub async fn delete(
     State(state): State<AppState>,
     Extension(AuthedKey(key)): Extension<AuthedKey>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.gateway.delete_response(&key.id, &id).await?))
 }
@@ -50,7 +50,7 @@ pub async fn delete(
 pub async fn input_items(
     State(state): State<AppState>,
     Extension(AuthedKey(key)): Extension<AuthedKey>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let stored = state.gateway.stored_response(&key.id, &id).await?;

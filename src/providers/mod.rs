@@ -105,13 +105,20 @@ impl Registry {
                 .api_key_env
                 .as_deref()
                 .map(|var| (var, env(var).filter(|v| !v.is_empty())));
-            if let (ProviderKind::OpenAi | ProviderKind::Anthropic, Some((var, None))) =
-                (p.kind, &key)
-            {
-                warnings.push(ProviderWarning(format!(
-                    "provider {:?}: environment variable {var} is unset; its models will answer 503 until it is set",
-                    p.name
-                )));
+            match (p.kind, &key) {
+                (ProviderKind::OpenAi | ProviderKind::Anthropic, Some((var, None))) => {
+                    warnings.push(ProviderWarning(format!(
+                        "provider {:?}: environment variable {var} is unset; its models will answer 503 until it is set",
+                        p.name
+                    )))
+                }
+                (_, Some((var, Some(value)))) if value.starts_with(crate::accounts::keys::PREFIX) => {
+                    warnings.push(ProviderWarning(format!(
+                        "provider {:?}: environment variable {var} holds a key of this gateway (sk-mume-…), not the provider's; it is never sent upstream, and the provider's models will answer 503 until {var} holds the provider's key",
+                        p.name
+                    )))
+                }
+                _ => {}
             }
             let provider: Arc<dyn Provider> = match p.kind {
                 ProviderKind::Mock => Arc::new(mock::MockProvider::new(&p.name, p.timeouts)),

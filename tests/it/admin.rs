@@ -171,6 +171,7 @@ async fn bad_admin_input_is_400_or_404_never_500() {
         ),
         ("/api/v1/keys", r#"{"name": "x", "credits": 1e300}"#, 400),
         ("/api/v1/keys", r#"{"name": "x", "rpm": -5}"#, 400),
+        ("/api/v1/keys", r#"{"name": "x", "rpm": 0}"#, 400),
         (
             "/api/v1/keys",
             r#"{"name": "x", "models": "openai/*"}"#,
@@ -231,4 +232,20 @@ async fn bad_admin_input_is_400_or_404_never_500() {
     )
     .await;
     assert_eq!(e.status, 404);
+    // Bad values in the URL: the same JSON error, naming the parameter.
+    for (path, param) in [
+        ("/api/v1/keys?limit=abc", "limit"),
+        ("/api/v1/keys?offset=-1", "offset"),
+        ("/api/v1/keys/%ff", "id"),
+        ("/api/v1/keys/%ff/credits", "id"),
+    ] {
+        let request = if path.ends_with("credits") {
+            admin().post(gw.url(path)).json(&json!({"amount": "1"}))
+        } else {
+            admin().get(gw.url(path))
+        };
+        let e = error_reply(request.send().await.unwrap()).await;
+        assert_eq!(e.status, 400, "{path}: {}", e.text);
+        assert_eq!(e.error["param"], param, "{path}: {}", e.text);
+    }
 }

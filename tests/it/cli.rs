@@ -106,6 +106,35 @@ fn check_config_accepts_the_embedded_default() {
     assert!(stdout.contains("OK"), "{stdout}");
 }
 
+/// MUME_LISTEN matters only to `serve`: a bad value does not stop the
+/// other commands, and `serve` names it.
+#[test]
+fn a_bad_listen_address_stops_only_serve() {
+    let check = gateway_command()
+        .arg("check-config")
+        .env_remove("OPENAI_API_KEY")
+        .env("MUME_LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let serve = gateway_command()
+        .arg("serve")
+        .arg("--listen")
+        .arg("nowhere")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        stderr.contains("MUME_LISTEN") && stderr.contains("\"nowhere\""),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn serve_refuses_to_start_with_a_bad_config() {
     let file = TempFile::new("bad-serve.toml", BAD_CONFIG);

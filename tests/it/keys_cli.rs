@@ -112,6 +112,12 @@ fn keys_cli_creates_lists_disables_tops_up_and_reports_usage() {
     assert!(!ok && err.contains("no key"), "{err}");
     let (ok, _, err) = cli(&config, &["create", "--name", "x", "--credits", "lots"]);
     assert!(!ok && err.contains("--credits"), "{err}");
+    // A limit of 0 is refused, as the admin API refuses it.
+    for limit in ["--rpm", "--tpm", "--max-concurrent"] {
+        let (ok, _, err) = cli(&config, &["create", "--name", "x", limit, "0"]);
+        let field = limit.trim_start_matches("--").replace('-', "_");
+        assert!(!ok && err.contains(&format!("`{field}`")), "{limit}: {err}");
+    }
 }
 
 fn start(config: &std::path::Path, stderr: &std::path::Path) -> (Killed, String) {

@@ -92,6 +92,19 @@ async fn one_model_by_an_id_containing_a_slash_and_404_for_an_unknown_one() {
     let reply = error_reply(response).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.error["code"], "model_not_found");
+
+    // An id that is not UTF-8 once decoded: a JSON 400 naming `id`.
+    let response = client()
+        .get(gw.url("/api/v1/models/openai/%ff"))
+        .send()
+        .await
+        .unwrap();
+    let reply = error_reply(response).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        (reply.error["code"].as_str(), reply.error["param"].as_str()),
+        (Some("invalid_path"), Some("id"))
+    );
 }
 
 #[tokio::test]
@@ -113,15 +126,37 @@ async fn provider_with_an_unset_key_variable_answers_503_naming_it() {
         .toml();
     // The injected environment has other variables, not this one.
     let gw = TestGateway::start_with_env(&config, &[("UP_KEY", "sk-other")]).await;
-    for stream in [false, true] {
-        let reply = error_reply(post_chat(&gw, &chat_body("up/m", stream)).await).await;
-        assert_eq!(reply.status, 503, "{}", reply.text);
-        assert_eq!(reply.error["code"], "provider_not_configured");
-        let message = reply.error["message"].as_str().unwrap();
-        assert!(message.contains("UP_KEY_THAT_IS_NOT_SET"), "{message}");
-    }
+    assert_provider_not_configured(&gw, "UP_KEY_THAT_IS_NOT_SET", "is unset").await;
     assert!(upstream.seen().is_empty(), "nothing was sent upstream");
     // The rest of the gateway is up.
     let models = client().get(gw.url("/api/v1/models")).send().await.unwrap();
     assert_eq!(models.status(), 200);
+}
+
+async fn assert_provider_not_configured(gw: &TestGateway, variable: &str, why: &str) {
+    for stream in [false, true] {
+        let reply = error_reply(post_chat(gw, &chat_body("up/m", stream)).await).await;
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        assert_eq!(reply.error["code"], "provider_not_configured");
+        let message = reply.error["message"].as_str().unwrap();
+        assert!(
+            message.contains(variable) && message.contains(why),
+            "{message}"
+        );
+    }
+}
+
+/// A key of the gateway itself in a provider's key variable (the OpenAI
+/// SDK and the `openai` provider both read OPENAI_API_KEY) is never sent
+/// upstream: the provider answers 503 saying so.
+#[tokio::test]
+async fn a_gateway_key_in_the_providers_variable_is_never_sent_upstream() {
+    let upstream = Upstream::json(200, completion("never")).await;
+    let config = crate::support::GatewayConfig::openai(&upstream.base_url)
+        .provider("api_key_env", "OPENAI_API_KEY")
+        .toml();
+    let gateway_key = "sk-mume-AbCdEfGh0123456789abcdefghijklmnopqrstuvwXYZ012";
+    let gw = TestGateway::start_with_env(&config, &[("OPENAI_API_KEY", gateway_key)]).await;
+    assert_provider_not_configured(&gw, "OPENAI_API_KEY", "key of this gateway").await;
+    assert!(upstream.seen().is_empty(), "nothing was sent upstream");
 }
