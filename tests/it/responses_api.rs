@@ -311,6 +311,28 @@ async fn a_failure_before_the_first_event_is_a_real_status() {
             json!({"model": "up/m", "input": [{"type": "message", "role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
             "input[0].content[0]",
         ),
+        // What a Response object echoes must have its shape there.
+        (
+            json!({"model": "up/m", "input": "x", "metadata": "x"}),
+            "metadata",
+        ),
+        (
+            json!({"model": "up/m", "input": "x", "metadata": {"n": 1}}),
+            "metadata",
+        ),
+        (json!({"model": "up/m", "input": "x", "text": "x"}), "text"),
+        (
+            json!({"model": "up/m", "input": "x", "text": {"format": "json"}}),
+            "text.format",
+        ),
+        (
+            json!({"model": "up/m", "input": "x", "reasoning": "x"}),
+            "reasoning",
+        ),
+        (
+            json!({"model": "up/m", "input": "x", "reasoning": {"effort": 3}}),
+            "reasoning.effort",
+        ),
     ] {
         let response = create(&gw, None, &body).await;
         assert_eq!(response.status(), 400, "{body}");

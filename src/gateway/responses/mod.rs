@@ -123,6 +123,48 @@ fn bad(param: &str, message: impl Into<String>) -> GatewayError {
     GatewayError::bad_request("invalid_request", message.into(), Some(param))
 }
 
+/// The fields a Response object echoes back must have the shapes it
+/// gives them: `metadata` at most 16 string values under keys of at most
+/// 64 characters (values at most 512), `text` and `reasoning` objects
+/// (with an object `text.format` and a string `reasoning.effort`).
+fn check_echoed(request: &Map<String, Value>) -> Result<(), GatewayError> {
+    let present = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
+    if let Some(metadata) = present(request.get("metadata")) {
+        let fits = metadata.as_object().is_some_and(|m| {
+            m.len() <= 16
+                && m.iter().all(|(k, v)| {
+                    k.chars().count() <= 64 && v.as_str().is_some_and(|v| v.chars().count() <= 512)
+                })
+        });
+        if !fits {
+            return Err(bad(
+                "metadata",
+                "`metadata` must be an object of at most 16 string values, with keys of at most 64 characters and values of at most 512.",
+            ));
+        }
+    }
+    for (field, inner, inner_shape) in [
+        ("text", "format", "an object"),
+        ("reasoning", "effort", "a string"),
+    ] {
+        let Some(value) = present(request.get(field)) else {
+            continue;
+        };
+        let Some(object) = value.as_object() else {
+            return Err(wrong_type(field, "an object"));
+        };
+        let shaped = match present(object.get(inner)) {
+            None => true,
+            Some(v) if inner == "format" => v.is_object(),
+            Some(v) => v.is_string(),
+        };
+        if !shaped {
+            return Err(wrong_type(&format!("{field}.{inner}"), inner_shape));
+        }
+    }
+    Ok(())
+}
+
 /// A stored response that is not there for this key: never there, past
 /// retention, deleted, or another key's (404 either way, so ids cannot be
 /// probed).
@@ -171,6 +213,7 @@ pub async fn prepare(
     };
     let max_output = optional_count(&request, "max_output_tokens")?;
     let max_tool_calls = optional_count(&request, "max_tool_calls")?;
+    check_echoed(&request)?;
     let input = input_items(request.get("input"))?;
     let not_before = now_ms() - retention.as_millis() as i64;
     let history = match &previous {
