@@ -16,6 +16,15 @@ pub struct Catalog {
     created: u64,
 }
 
+/// A model id as an error message quotes it: at most 200 characters, so a
+/// huge id is not sent back whole.
+pub fn shown(id: &str) -> String {
+    match id.char_indices().nth(200) {
+        Some((cut, _)) => format!("{:?}…", &id[..cut]),
+        None => format!("{id:?}"),
+    }
+}
+
 impl Catalog {
     pub fn new(models: &[ModelConfig], created: u64) -> Self {
         let ordered: Vec<Arc<ModelConfig>> = models.iter().cloned().map(Arc::new).collect();
@@ -32,7 +41,7 @@ impl Catalog {
         self.by_id.get(id).ok_or_else(|| {
             GatewayError::bad_request(
                 "model_not_found",
-                format!("Model {id:?} is not served by this gateway. Use an id from GET /api/v1/models, in provider/model form."),
+                format!("Model {} is not served by this gateway. Use an id from GET /api/v1/models, in provider/model form.", shown(id)),
                 Some("model"),
             )
         })
@@ -55,7 +64,10 @@ impl Catalog {
             None => Err(GatewayError::new(
                 ErrorKind::NotFound,
                 "model_not_found",
-                format!("Model {id:?} does not exist here. GET /api/v1/models lists the ids."),
+                format!(
+                    "Model {} does not exist here. GET /api/v1/models lists the ids.",
+                    shown(id)
+                ),
             )),
         }
     }

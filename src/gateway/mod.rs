@@ -401,7 +401,7 @@ impl Gateway {
         if !unknown.is_empty() {
             return Err(GatewayError::bad_request(
                 "model_not_found",
-                format!("`models` names models this gateway does not serve: {}. Use ids from GET /api/v1/models.", unknown.join(", ")),
+                format!("`models` names models this gateway does not serve: {}. Use ids from GET /api/v1/models.", unknown.iter().map(|id| catalog::shown(id)).collect::<Vec<_>>().join(", ")),
                 Some("models"),
             ));
         }

@@ -111,6 +111,23 @@ async fn malformed_requests_are_400_naming_the_field_at_fault() {
     }
 }
 
+/// An unknown model id is quoted in the message, but not a huge one whole.
+#[tokio::test]
+async fn a_huge_unknown_model_id_is_not_echoed_whole() {
+    let gw = TestGateway::start(EMBEDDED_DEFAULT).await;
+    let id = format!("nope/{}", "é".repeat(100_000));
+    let body = serde_json::json!({"model": id, "messages": [{"role": "user", "content": "x"}]});
+    let reply = post_chat_raw(&gw, body.to_string().into_bytes()).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error["code"], "model_not_found");
+    let message = reply.error["message"].as_str().unwrap();
+    assert!(message.len() < 1_000, "{} bytes", message.len());
+    assert!(
+        message.contains("\"nope/éé") && message.contains("…"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn gateway_still_serves_after_json_bombs() {
     let gw = TestGateway::start(EMBEDDED_DEFAULT).await;
