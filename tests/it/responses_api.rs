@@ -297,6 +297,13 @@ async fn a_failure_before_the_first_event_is_a_real_status() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "provider_unavailable");
 
+    let missing = create(&gw, None, &json!({"model": "up/m"})).await;
+    let e: Value = missing.json().await.unwrap();
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["param"].as_str()),
+        (Some("missing_field"), Some("input")),
+        "as a missing `model` or `messages` is: {e}"
+    );
     for (body, param) in [
         (json!({"model": "up/m"}), "input"),
         (

@@ -289,9 +289,10 @@ pub async fn prepare(
 fn input_items(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
     let items = match input {
         None | Some(Value::Null) => {
-            return Err(bad(
-                "input",
+            return Err(GatewayError::bad_request(
+                "missing_field",
                 "`input` is required: a string, or a list of input items.",
+                Some("input"),
             ))
         }
         Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
