@@ -307,7 +307,7 @@ pub fn no_such_key(id: &str) -> GatewayError {
     GatewayError::new(
         ErrorKind::NotFound,
         "key_not_found",
-        format!("There is no key with id {id:?}. GET /api/v1/keys lists the ids."),
+        format!("There is no key with id {id:?}. GET /api/v1/keys (or `mume-gateway keys list`) lists the ids."),
     )
 }
 
