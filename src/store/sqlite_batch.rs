@@ -754,7 +754,11 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
     if conn.open.len() + written.len() > MAX_REMEMBERED {
         conn.open.clear();
     }
-    for h in written {
+    // (A hold released in its own batch is gone already.)
+    for h in written
+        .into_iter()
+        .filter(|h| !settling.contains(h.hold_id.as_str()))
+    {
         conn.open
             .insert(h.hold_id.clone(), (h.key_id.clone(), h.amount));
     }
@@ -1196,6 +1200,11 @@ pub(super) mod tests {
             ]
         );
         assert_eq!(store.totals().await.unwrap().active_holds, 0);
+        let remembered = lock(&store.batch.shared.conn).as_ref().unwrap().open.len();
+        assert_eq!(
+            remembered, 0,
+            "a hold gone in its own batch is not remembered"
+        );
     }
 
     /// A batch writes a key's balance once, however many of its holds and

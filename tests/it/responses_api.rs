@@ -318,6 +318,7 @@ async fn a_failure_before_the_first_event_is_a_real_status() {
             json!({"model": "up/m", "input": [{"type": "message", "role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
             "input[0].content[0]",
         ),
+        (json!({"model": "up/m", "input": []}), "input"),
         // What a Response object echoes must have its shape there.
         (
             json!({"model": "up/m", "input": "x", "metadata": "x"}),

@@ -215,6 +215,14 @@ pub async fn prepare(
     let max_tool_calls = optional_count(&request, "max_tool_calls")?;
     check_echoed(&request)?;
     let input = input_items(request.get("input"))?;
+    if input.is_empty() && previous.is_none() {
+        // As OpenAI: with nothing to answer there is no request (the
+        // upstream would get no messages).
+        return Err(bad(
+            "input",
+            "`input` is empty. Send at least one input item, or continue a stored response with previous_response_id.",
+        ));
+    }
     let not_before = now_ms() - retention.as_millis() as i64;
     let history = match &previous {
         Some(id) => history(store.as_ref(), key_id, id, not_before).await?,
