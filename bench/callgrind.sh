@@ -17,101 +17,27 @@
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(dirname "$BENCH_DIR")
+# The mock upstream, the gateway's config and the process bookkeeping are
+# run.sh's.
+# shellcheck source=bench/run.sh
+source "$BENCH_DIR/run.sh"
 REQUESTS=${REQUESTS:-2000}
 CONNECTIONS=${CONNECTIONS:-4}
 WARMUP=${WARMUP:-600}
 OUT=${OUT:-$BENCH_DIR/out/callgrind.out}
 
-log() { printf '[callgrind %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
-NGINX=$(command -v nginx || true)
-[[ -z "$NGINX" && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-[[ -n "$NGINX" ]] || die "nginx is needed (apt-get install nginx-light)"
-if [[ -n "${MUME_BIN:-}" ]]; then
-    GATEWAY_BIN=$MUME_BIN
-else
-    log "building the gateway (cargo build --release)"
-    (cd "$REPO_DIR" && cargo build --release)
-    GATEWAY_BIN=$REPO_DIR/target/release/mume-gateway
-fi
-[[ -x "$GATEWAY_BIN" ]] || die "$GATEWAY_BIN is not an executable"
-
+ensure_nginx
+ensure_gateway
 WORK=$(mktemp -d /tmp/mume-callgrind.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
+chmod 755 "$WORK" # nginx workers run as an unprivileged user
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+read -r UP_PORT GW_PORT <<<"$(free_ports 2)"
+start_mock_upstream
 
-read -r UP_PORT GW_PORT < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*(x.getsockname()[1] for x in s))')
-
-wait_for_port() {
-    local _
-    for _ in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on 127.0.0.1:$1 (see $WORK)"
-}
-
-REPLY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":8,"completion_tokens":6,"total_tokens":14}}'
-mkdir -p "$WORK/logs" "$WORK/tmp"
-cat >"$WORK/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $WORK/tmp/body;
-    proxy_temp_path $WORK/tmp/proxy;
-    fastcgi_temp_path $WORK/tmp/fastcgi;
-    uwsgi_temp_path $WORK/tmp/uwsgi;
-    scgi_temp_path $WORK/tmp/scgi;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location = /v1/chat/completions {
-            default_type application/json;
-            return 200 '$REPLY';
-        }
-    }
-}
-EOF
-"$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/logs/error.log" &
-PIDS+=($!)
-wait_for_port "$UP_PORT"
-
-cat >"$WORK/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$GW_PORT"
-shutdown_grace = "1s"
-
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "http://127.0.0.1:$UP_PORT/v1"
-
-[[models]]
-id = "up/bench"
-prompt_price = "0.10"
-completion_price = "0.20"
-max_output_tokens = 1000
-
-[store]
-path = "$WORK/bench.db"
-EOF
+bench_config "$WORK/gateway.toml" "$GW_PORT"
+printf '\n[store]\npath = "%s"\n' "$WORK/bench.db" >>"$WORK/gateway.toml"
 # shellcheck disable=SC2086
 KEY=$("$GATEWAY_BIN" keys --config "$WORK/gateway.toml" create --name bench \
     ${BENCH_KEY_ARGS---credits 1000000 --rpm 4000000000 --tpm 4000000000 --max-concurrent 100000})
@@ -121,8 +47,8 @@ rm -f "$OUT" "$OUT".*
 valgrind --tool=callgrind --callgrind-out-file="$OUT" --instr-atstart=no \
     "$GATEWAY_BIN" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
-PIDS+=("$GW_PID")
-wait_for_port "$GW_PORT"
+STARTED_PIDS+=("$GW_PID")
+wait_for_port "$GW_PORT" "the gateway under callgrind"
 
 # N requests on C keep-alive connections; fails on any answer but 200.
 load() {

@@ -127,6 +127,13 @@ impl GatewayError {
         self
     }
 
+    /// Whether sending the same request again can never succeed: credit
+    /// that does not cover it, or a `max_tokens` over the key's whole
+    /// token budget. (Clients are told not to retry.)
+    pub fn is_final(&self) -> bool {
+        self.kind == ErrorKind::InsufficientCredits || self.code == "max_tokens_over_limit"
+    }
+
     /// The error object clients see, in the HTTP envelope
     /// (`{"error": <this>}`) and in a stream's final error event alike.
     pub fn error_object(&self, request_id: &str) -> Value {

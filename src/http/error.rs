@@ -37,9 +37,8 @@ impl IntoResponse for ApiError {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        if self.0.kind == ErrorKind::InsufficientCredits || self.0.code == "max_tokens_over_limit" {
-            // Tells the OpenAI SDKs not to retry a condition that will not
-            // clear (a request whose max_tokens alone exceeds the key's tpm).
+        if self.0.is_final() {
+            // Tells the OpenAI SDKs not to retry a condition that will not clear.
             headers.insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response.extensions_mut().insert(self.0);
