@@ -14,6 +14,12 @@ pub const KEY_LEN: usize = PREFIX.len() + ID_LEN + SECRET_LEN + CHECK_LEN;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// Whether `value` is (or looks like) a key of this gateway, which must
+/// never be sent to an upstream as the provider's key.
+pub fn is_gateway_key(value: &str) -> bool {
+    value.starts_with(PREFIX)
+}
+
 /// SHA-256 of a whole key: what the store keeps instead of the key.
 pub type KeyHash = [u8; 32];
 

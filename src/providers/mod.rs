@@ -112,7 +112,7 @@ impl Registry {
                         p.name
                     )))
                 }
-                (_, Some((var, Some(value)))) if value.starts_with(crate::accounts::keys::PREFIX) => {
+                (_, Some((var, Some(value)))) if crate::accounts::keys::is_gateway_key(value) => {
                     warnings.push(ProviderWarning(format!(
                         "provider {:?}: environment variable {var} holds a key of this gateway (sk-mume-…), not the provider's; it is never sent upstream, and the provider's models will answer 503 until {var} holds the provider's key",
                         p.name

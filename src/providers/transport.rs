@@ -73,7 +73,7 @@ impl Transport {
                 "Provider {:?} is not configured: environment variable {var} is unset. The operator must set it and restart the gateway.",
                 config.name
             )),
-            Some((var, Some(value))) if value.starts_with(crate::accounts::keys::PREFIX) => Err(format!(
+            Some((var, Some(value))) if crate::accounts::keys::is_gateway_key(&value) => Err(format!(
                 "Provider {:?} is not configured: environment variable {var} holds a key of this gateway (sk-mume-…), not the provider's own key, and a gateway key is never sent upstream. The operator must put the provider's key in {var} and restart the gateway.",
                 config.name
             )),

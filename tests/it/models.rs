@@ -72,11 +72,8 @@ async fn model_list_has_the_openai_shape_with_exact_per_token_prices() {
 #[tokio::test]
 async fn one_model_by_an_id_containing_a_slash_and_404_for_an_unknown_one() {
     let gw = TestGateway::start(EMBEDDED_DEFAULT).await;
-    let response = client()
-        .get(gw.url("/api/v1/models/openai/gpt-4.1-mini"))
-        .send()
-        .await
-        .unwrap();
+    let get = |path: &str| client().get(gw.url(path)).send();
+    let response = get("/api/v1/models/openai/gpt-4.1-mini").await.unwrap();
     assert_eq!(response.status(), 200);
     let model: Value = response.json().await.unwrap();
     assert_eq!(model["id"], "openai/gpt-4.1-mini");
@@ -84,22 +81,12 @@ async fn one_model_by_an_id_containing_a_slash_and_404_for_an_unknown_one() {
     assert_eq!(model["owned_by"], "openai");
     assert_eq!(model["pricing"]["prompt"], "0.0000004");
 
-    let response = client()
-        .get(gw.url("/api/v1/models/openai/gpt-9-ultra"))
-        .send()
-        .await
-        .unwrap();
-    let reply = error_reply(response).await;
+    let reply = error_reply(get("/api/v1/models/openai/gpt-9-ultra").await.unwrap()).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.error["code"], "model_not_found");
 
     // An id that is not UTF-8 once decoded: a JSON 400 naming `id`.
-    let response = client()
-        .get(gw.url("/api/v1/models/openai/%ff"))
-        .send()
-        .await
-        .unwrap();
-    let reply = error_reply(response).await;
+    let reply = error_reply(get("/api/v1/models/openai/%ff").await.unwrap()).await;
     assert_eq!(reply.status, 400);
     assert_eq!(
         (reply.error["code"].as_str(), reply.error["param"].as_str()),
@@ -120,17 +107,25 @@ async fn health_and_ready_answer_200() {
 
 #[tokio::test]
 async fn provider_with_an_unset_key_variable_answers_503_naming_it() {
-    let upstream = Upstream::json(200, completion("never")).await;
-    let config = crate::support::GatewayConfig::openai(&upstream.base_url)
-        .provider("api_key_env", "UP_KEY_THAT_IS_NOT_SET")
-        .toml();
     // The injected environment has other variables, not this one.
-    let gw = TestGateway::start_with_env(&config, &[("UP_KEY", "sk-other")]).await;
+    let (upstream, gw) =
+        with_key_variable("UP_KEY_THAT_IS_NOT_SET", &[("UP_KEY", "sk-other")]).await;
     assert_provider_not_configured(&gw, "UP_KEY_THAT_IS_NOT_SET", "is unset").await;
     assert!(upstream.seen().is_empty(), "nothing was sent upstream");
     // The rest of the gateway is up.
     let models = client().get(gw.url("/api/v1/models")).send().await.unwrap();
     assert_eq!(models.status(), 200);
+}
+
+/// A gateway whose provider `up` reads its key from `variable`, started
+/// with the environment `env`; the upstream answers anything it gets.
+async fn with_key_variable(variable: &str, env: &[(&str, &str)]) -> (Upstream, TestGateway) {
+    let upstream = Upstream::json(200, completion("never")).await;
+    let config = crate::support::GatewayConfig::openai(&upstream.base_url)
+        .provider("api_key_env", variable)
+        .toml();
+    let gw = TestGateway::start_with_env(&config, env).await;
+    (upstream, gw)
 }
 
 async fn assert_provider_not_configured(gw: &TestGateway, variable: &str, why: &str) {
@@ -151,12 +146,9 @@ async fn assert_provider_not_configured(gw: &TestGateway, variable: &str, why: &
 /// upstream: the provider answers 503 saying so.
 #[tokio::test]
 async fn a_gateway_key_in_the_providers_variable_is_never_sent_upstream() {
-    let upstream = Upstream::json(200, completion("never")).await;
-    let config = crate::support::GatewayConfig::openai(&upstream.base_url)
-        .provider("api_key_env", "OPENAI_API_KEY")
-        .toml();
     let gateway_key = "sk-mume-AbCdEfGh0123456789abcdefghijklmnopqrstuvwXYZ012";
-    let gw = TestGateway::start_with_env(&config, &[("OPENAI_API_KEY", gateway_key)]).await;
+    let (upstream, gw) =
+        with_key_variable("OPENAI_API_KEY", &[("OPENAI_API_KEY", gateway_key)]).await;
     assert_provider_not_configured(&gw, "OPENAI_API_KEY", "key of this gateway").await;
     assert!(upstream.seen().is_empty(), "nothing was sent upstream");
 }

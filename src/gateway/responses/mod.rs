@@ -128,8 +128,10 @@ fn bad(param: &str, message: impl Into<String>) -> GatewayError {
 /// 64 characters (values at most 512), `text` and `reasoning` objects
 /// (with an object `text.format` and a string `reasoning.effort`).
 fn check_echoed(request: &Map<String, Value>) -> Result<(), GatewayError> {
-    let present = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
-    if let Some(metadata) = present(request.get("metadata")) {
+    fn present<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+        object.get(key).filter(|v| !v.is_null())
+    }
+    if let Some(metadata) = present(request, "metadata") {
         let fits = metadata.as_object().is_some_and(|m| {
             m.len() <= 16
                 && m.iter().all(|(k, v)| {
@@ -143,23 +145,24 @@ fn check_echoed(request: &Map<String, Value>) -> Result<(), GatewayError> {
             ));
         }
     }
-    for (field, inner, inner_shape) in [
-        ("text", "format", "an object"),
-        ("reasoning", "effort", "a string"),
-    ] {
-        let Some(value) = present(request.get(field)) else {
+    let checks = [
+        (
+            "text",
+            "format",
+            "an object",
+            Value::is_object as fn(&Value) -> bool,
+        ),
+        ("reasoning", "effort", "a string", Value::is_string),
+    ];
+    for (field, inner, shape, shaped) in checks {
+        let Some(value) = present(request, field) else {
             continue;
         };
         let Some(object) = value.as_object() else {
             return Err(wrong_type(field, "an object"));
         };
-        let shaped = match present(object.get(inner)) {
-            None => true,
-            Some(v) if inner == "format" => v.is_object(),
-            Some(v) => v.is_string(),
-        };
-        if !shaped {
-            return Err(wrong_type(&format!("{field}.{inner}"), inner_shape));
+        if present(object, inner).is_some_and(|v| !shaped(v)) {
+            return Err(wrong_type(&format!("{field}.{inner}"), shape));
         }
     }
     Ok(())
