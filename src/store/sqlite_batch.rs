@@ -20,10 +20,10 @@
 //! first lets its thread's other ready requests queue theirs, so that
 //! under load one commit takes them all; requests that arrive while a
 //! batch commits queue up, and the caller that holds the connection takes
-//! them before it lets go. The statements are cached,
-//! prepared once, and run as direct calls into SQLite (sqlx, used for the
-//! rest of the store, would hand every statement to its worker thread and
-//! back). A commit writes pages into the OS's cache and never syncs
+//! them before it lets go. The statements are prepared once, kept beside
+//! the connection, and run as direct calls into SQLite (sqlx, used for
+//! the rest of the store, would hand every statement to its worker thread
+//! and back). A commit writes pages into the OS's cache and never syncs
 //! (`synchronous = NORMAL`); a request's task never sleeps on a lock:
 //! if another connection holds SQLite's write lock, the batch moves to a
 //! blocking thread that waits for it.
@@ -51,7 +51,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, Params, Row, Statement};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -67,8 +67,8 @@ const MAX_BATCH: usize = 512;
 /// for (a hold, a read's `flush`) instead of costing one of its own.
 const SETTLE_DELAY: Duration = Duration::from_millis(10);
 
-/// The statements, each run once per row with its values bound (cached
-/// prepared statements, so the SQL text never changes).
+/// The statements, each run once per row with its values bound (prepared
+/// once, when the connection opens: see `Statements`).
 pub(super) mod sql {
     /// The open hold being settled: its key and amount. (A `DELETE …
     /// RETURNING` in its place was measured dearer: SQLite gathers the
@@ -210,7 +210,7 @@ struct Shared {
 /// A hold that is not here (written before a restart, forgotten after
 /// [`MAX_REMEMBERED`], or settled elsewhere) is read from the table.
 pub(super) struct Conn {
-    db: Connection,
+    db: Prepared,
     open: HashMap<String, (String, NanoUsd)>,
 }
 
@@ -218,10 +218,121 @@ pub(super) struct Conn {
 /// (their settlements read the rows instead).
 const MAX_REMEMBERED: usize = 1 << 16;
 
+/// Which of the batch's statements to run.
+#[derive(Clone, Copy)]
+enum Sql {
+    Begin,
+    Commit,
+    Rollback,
+    Hold,
+    Unhold,
+    HoldInsert,
+    Balance,
+    Move,
+    Ledger,
+    Usage,
+}
+
+/// The batch's statements, each prepared once, when the connection opens,
+/// and run in place. (rusqlite's statement cache would hash the SQL text
+/// and take the statement out of its LRU list and put it back on every
+/// run: about 9K instructions per paying request, in callgrind.)
+struct Statements<'c> {
+    begin: Statement<'c>,
+    commit: Statement<'c>,
+    rollback: Statement<'c>,
+    hold: Statement<'c>,
+    unhold: Statement<'c>,
+    hold_insert: Statement<'c>,
+    balance: Statement<'c>,
+    moves: Statement<'c>,
+    ledger: Statement<'c>,
+    usage: Statement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn prepare(db: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            begin: db.prepare(sql::BEGIN)?,
+            commit: db.prepare(sql::COMMIT)?,
+            rollback: db.prepare(sql::ROLLBACK)?,
+            hold: db.prepare(sql::HOLD)?,
+            unhold: db.prepare(sql::UNHOLD)?,
+            hold_insert: db.prepare(sql::HOLD_INSERT)?,
+            balance: db.prepare(sql::BALANCE)?,
+            moves: db.prepare(sql::MOVE)?,
+            ledger: db.prepare(sql::LEDGER)?,
+            usage: db.prepare(sql::USAGE)?,
+        })
+    }
+
+    fn get(&mut self, which: Sql) -> &mut Statement<'c> {
+        match which {
+            Sql::Begin => &mut self.begin,
+            Sql::Commit => &mut self.commit,
+            Sql::Rollback => &mut self.rollback,
+            Sql::Hold => &mut self.hold,
+            Sql::Unhold => &mut self.unhold,
+            Sql::HoldInsert => &mut self.hold_insert,
+            Sql::Balance => &mut self.balance,
+            Sql::Move => &mut self.moves,
+            Sql::Ledger => &mut self.ledger,
+            Sql::Usage => &mut self.usage,
+        }
+    }
+}
+
+self_cell::self_cell!(
+    /// The connection and the statements prepared on it.
+    struct Prepared {
+        owner: Connection,
+        #[covariant]
+        dependent: Statements,
+    }
+);
+
+impl Conn {
+    fn new(db: Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            db: Prepared::try_new(db, |db| Statements::prepare(db))?,
+            open: HashMap::new(),
+        })
+    }
+
+    /// Runs one statement with its values: the number of rows changed.
+    fn run(&mut self, which: Sql, params: impl Params) -> rusqlite::Result<usize> {
+        self.db
+            .with_dependent_mut(|_, s| s.get(which).execute(params))
+    }
+
+    /// Runs one query for its first row, if any.
+    fn row<T>(
+        &mut self,
+        which: Sql,
+        params: impl Params,
+        read: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Option<T>> {
+        self.db
+            .with_dependent_mut(|_, s| s.get(which).query_row(params, read).optional())
+            .map_err(failed)
+    }
+}
+
+// SAFETY: a `Conn` is only ever used by one thread at a time (it lives in
+// `Shared::conn`'s mutex), and it moves between threads whole: the
+// statements with the connection they were prepared on, never one without
+// the other. rusqlite's `Statement` is `!Send` only because it borrows a
+// `Connection`, which is `!Sync` (its statement cache is a `RefCell`);
+// nothing here lets two threads reach the connection at once. SQLite
+// itself is built thread-safe (the bundled library's default, serialized
+// mode), so using a connection and its statements from one thread and
+// later from another is allowed.
+unsafe impl Send for Conn {}
+
 impl std::ops::Deref for Conn {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        &self.db
+        self.db.borrow_owner()
     }
 }
 
@@ -290,14 +401,11 @@ impl Batcher {
         )
         .map_err(failed)?;
         conn.busy_timeout(Duration::ZERO).map_err(failed)?;
-        conn.set_prepared_statement_cache_capacity(16);
+        let conn = Conn::new(conn).map_err(failed)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 pending: Mutex::default(),
-                conn: Mutex::new(Some(Conn {
-                    db: conn,
-                    open: HashMap::new(),
-                })),
+                conn: Mutex::new(Some(conn)),
                 busy_timeout,
             }),
         })
@@ -652,17 +760,17 @@ fn commit(conn: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Op>, Vec<Job>> {
     Ok(releases)
 }
 
-fn begin(conn: &Connection) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql::BEGIN)?.execute([]).map(drop)
+fn begin(conn: &mut Conn) -> rusqlite::Result<()> {
+    conn.run(Sql::Begin, []).map(drop)
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
 }
 
-fn rollback(conn: &Connection) {
+fn rollback(conn: &mut Conn) {
     // Fails harmlessly if the transaction never began or already ended.
-    let _ = exec(conn, sql::ROLLBACK, []);
+    let _ = exec(conn, Sql::Rollback, []);
 }
 
 /// Applies `ops` in the transaction `commit` began, and commits it.
@@ -700,10 +808,8 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
         let stored = match read.get(h.key_id.as_str()) {
             Some(b) => *b,
             None => {
-                let b: Option<Option<NanoUsd>> = conn
-                    .prepare_cached(sql::BALANCE)
-                    .and_then(|mut st| st.query_row([&h.key_id], |r| r.get(0)).optional())
-                    .map_err(failed)?;
+                let b: Option<Option<NanoUsd>> =
+                    conn.row(Sql::Balance, [&h.key_id], |r| r.get(0))?;
                 read.insert(h.key_id.as_str(), b);
                 b
             }
@@ -715,7 +821,7 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
             moves.add(&h.key_id, -h.amount);
             exec(
                 conn,
-                sql::HOLD_INSERT,
+                Sql::HoldInsert,
                 rusqlite::params![
                     h.hold_id,
                     h.request_id,
@@ -728,7 +834,7 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
             )?;
             exec(
                 conn,
-                sql::LEDGER,
+                Sql::Ledger,
                 rusqlite::params![h.key_id, "hold", -h.amount, 0, h.request_id, h.now],
             )?;
             written.push(h);
@@ -750,7 +856,7 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
         }
     }
     moves.write(conn)?;
-    exec(conn, sql::COMMIT, [])?;
+    exec(conn, Sql::Commit, [])?;
     if conn.open.len() + written.len() > MAX_REMEMBERED {
         conn.open.clear();
     }
@@ -787,26 +893,24 @@ impl Moves {
             .map_or(0, |(_, sum)| *sum)
     }
 
-    fn write(self, conn: &Connection) -> StoreResult<()> {
+    fn write(self, conn: &mut Conn) -> StoreResult<()> {
         for (key_id, change) in self.0 {
             if change != 0 {
-                exec(conn, sql::MOVE, rusqlite::params![key_id, change])?;
+                exec(conn, Sql::Move, rusqlite::params![key_id, change])?;
             }
         }
         Ok(())
     }
 }
 
-/// Runs one cached statement with its values.
-fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<()> {
-    exec_count(conn, sql, params).map(drop)
+/// Runs one of the batch's statements with its values.
+fn exec(conn: &mut Conn, which: Sql, params: impl Params) -> StoreResult<()> {
+    exec_count(conn, which, params).map(drop)
 }
 
 /// `exec`, giving the number of rows changed.
-fn exec_count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
-    conn.prepare_cached(sql)
-        .and_then(|mut statement| statement.execute(params))
-        .map_err(failed)
+fn exec_count(conn: &mut Conn, which: Sql, params: impl Params) -> StoreResult<usize> {
+    conn.run(which, params).map_err(failed)
 }
 
 /// Resolves the hold `hold_id` if it is still open: charges `cost` (never
@@ -822,17 +926,11 @@ fn settle_hold(
 ) -> StoreResult<()> {
     let open = match conn.open.remove(hold_id) {
         // Still open unless the sweeper got there first.
-        Some(known) => (exec_count(conn, sql::UNHOLD, [hold_id])? == 1).then_some(known),
+        Some(known) => (exec_count(conn, Sql::Unhold, [hold_id])? == 1).then_some(known),
         None => {
-            let row = conn
-                .prepare_cached(sql::HOLD)
-                .and_then(|mut st| {
-                    st.query_row([hold_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                })
-                .map_err(failed)?;
+            let row = conn.row(Sql::Hold, [hold_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if row.is_some() {
-                exec(conn, sql::UNHOLD, [hold_id])?;
+                exec(conn, Sql::Unhold, [hold_id])?;
             }
             row
         }
@@ -846,15 +944,15 @@ fn settle_hold(
     let kind = if charged == 0 { "release" } else { "settle" };
     exec(
         conn,
-        sql::LEDGER,
+        Sql::Ledger,
         rusqlite::params![key_id, kind, refund, charged, request_id, at],
     )
 }
 
-fn record_usage(conn: &Connection, u: &UsageRecord) -> StoreResult<()> {
+fn record_usage(conn: &mut Conn, u: &UsageRecord) -> StoreResult<()> {
     exec(
         conn,
-        sql::USAGE,
+        Sql::Usage,
         rusqlite::params![
             u.hold_id,
             u.request_id,
@@ -1325,8 +1423,8 @@ pub(super) mod tests {
         let (_dir, store, key) = store_with_key(100).await;
         let shared = store.batch.shared.clone();
         let crashed = std::thread::spawn(move || {
-            let conn = shared.conn.lock().unwrap();
-            begin(conn.as_ref().unwrap()).unwrap();
+            let mut conn = shared.conn.lock().unwrap();
+            begin(conn.as_mut().unwrap()).unwrap();
             panic!("a bug mid-batch");
         })
         .join();
