@@ -488,9 +488,15 @@ impl CreditStore for SqliteStore {
 impl UsageStore for SqliteStore {
     async fn generation(&self, key_id: &str, request_id: &str) -> StoreResult<Option<UsageRecord>> {
         self.batch.flush().await;
+        // A record's usage_key is `<request id>/<hold id>`: the request's
+        // records are the keys from `<request id>/` up to `<request id>0`.
         let row = sqlx::query(
-            "SELECT * FROM usage WHERE request_id = ? AND key_id = ? ORDER BY created_at DESC LIMIT 1",
+            "SELECT substr(usage_key, length(request_id) + 2) AS hold_id, * FROM usage
+             WHERE usage_key >= ?1 AND usage_key < ?2 AND request_id = ?3 AND key_id = ?4
+             ORDER BY created_at DESC LIMIT 1",
         )
+        .bind(format!("{request_id}/"))
+        .bind(format!("{request_id}0"))
         .bind(request_id)
         .bind(key_id)
         .fetch_optional(&self.reader)
@@ -839,6 +845,70 @@ mod tests {
             assert!(sqlx::query(change).execute(&store.writer).await.is_err());
         }
         assert_eq!(store.ledger("k1").await.unwrap().len(), 9);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn migration_0008_finds_usage_by_its_key_without_a_request_index() {
+        let (_dir, store) = opened_on_database_before(8).await;
+
+        // The record written before the migration is found, with its hold.
+        let old = store
+            .generation("k1", "r0")
+            .await
+            .unwrap()
+            .expect("usage kept");
+        assert_eq!((old.hold_id.as_str(), old.cost), ("h0", 500));
+
+        // The usage table is one b-tree, with no index: /generation and a
+        // key's totals search ranges of its primary key.
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage'",
+        )
+        .fetch_all(&store.reader)
+        .await
+        .unwrap();
+        assert!(indexes.is_empty(), "{indexes:?}");
+        let details: Vec<String> = sqlx::query(
+            "EXPLAIN QUERY PLAN SELECT * FROM usage
+             WHERE usage_key >= ?1 AND usage_key < ?2 AND request_id = ?3 AND key_id = ?4
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind("r/")
+        .bind("r0")
+        .bind("r")
+        .bind("k1")
+        .fetch_all(&store.reader)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get("detail"))
+        .collect();
+        assert!(
+            details.iter().any(|d| d
+                == "SEARCH usage USING PRIMARY KEY (key_id=? AND usage_key>? AND usage_key<?)"),
+            "{details:?}"
+        );
+
+        // New records: one per hold, found by their request only.
+        for (request, hold, cost) in [("r7", "h7", 30), ("r7", "h8", 40), ("r70", "h9", 50)] {
+            let mut usage = settled("k1", hold, cost);
+            usage.request_id = request.into();
+            usage.created_at = 100 + cost;
+            store.settle(&usage).await.unwrap();
+            store.settle(&usage).await.unwrap();
+        }
+        let latest = store.generation("k1", "r7").await.unwrap().unwrap();
+        assert_eq!((latest.hold_id.as_str(), latest.cost), ("h8", 40));
+        let other = store.generation("k1", "r70").await.unwrap().unwrap();
+        assert_eq!(other.hold_id, "h9");
+        assert!(store.generation("k1", "r").await.unwrap().is_none());
+        assert!(store.generation("k2", "r7").await.unwrap().is_none());
+        let records: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(records, 4);
         store.close().await;
     }
 

@@ -90,10 +90,13 @@ pub(super) mod sql {
     pub const LEDGER: &str =
         "INSERT INTO ledger (key_id, kind, amount, cost, request_id, note, created_at)
         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)";
-    pub const USAGE: &str = "INSERT OR IGNORE INTO usage (hold_id, request_id, key_id, model, provider, prompt_tokens,
+    /// A usage record, once per hold: its `usage_key` is the request id,
+    /// a slash and the hold id (migration 0008; `UsageStore::generation`
+    /// finds a request's records by that prefix).
+    pub const USAGE: &str = "INSERT OR IGNORE INTO usage (usage_key, request_id, key_id, model, provider, prompt_tokens,
         completion_tokens, cached_tokens, cost, status, outcome, latency_ms, streamed, cancelled, created_at,
         searches, mcp_calls)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+        VALUES (?2 || '/' || ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 }
 
 /// One per-request operation.
