@@ -50,12 +50,15 @@ pub struct SqliteStore {
     pub(super) batch: Batcher,
 }
 
-/// The page size of a new database. A paying request changes about eight
-/// pages (the tail of each table and index it writes), and each changed
-/// page goes whole into the WAL, is checksummed there and copied back by
-/// the checkpoint: smaller pages make every commit cheaper. 2 KiB still
-/// keeps a usage or ledger row inside its page (below 1 KiB, SQLite would
-/// spill a long usage row to an overflow page).
+/// The page size of a new database. A paying request changes about five
+/// pages (its key's row, the open holds, the ledger's tail and the tail of
+/// its index, and the page of the key's usage records its record goes
+/// into), and each changed page goes whole into the WAL, is checksummed
+/// there and copied back by the checkpoint: smaller pages make every
+/// commit cheaper. 2 KiB still keeps a ledger row, and a usage record of
+/// usual size, inside its page: the usage table is WITHOUT ROWID, whose
+/// rows spill to an overflow page above about 490 bytes, which only
+/// request ids and model names near their length limits reach.
 const PAGE_SIZE: u32 = 2048;
 
 /// How often the WAL is copied into the database file.

@@ -321,16 +321,19 @@ impl Conn {
     }
 }
 
-// SAFETY: a `Conn` is only ever used by one thread at a time (it lives in
-// `Shared::conn`'s mutex), and it moves between threads whole: the
-// statements with the connection they were prepared on, never one without
-// the other. rusqlite's `Statement` is `!Send` only because it borrows a
-// `Connection`, which is `!Sync` (its statement cache is a `RefCell`);
-// nothing here lets two threads reach the connection at once. SQLite
-// itself is built thread-safe (the bundled library's default, serialized
-// mode), so using a connection and its statements from one thread and
-// later from another is allowed.
-unsafe impl Send for Conn {}
+// SAFETY: `Prepared` is the connection and the statements prepared on
+// it, which only ever move between threads together (it lives in a
+// `Conn`, inside `Shared::conn`'s mutex), and are used by one thread at a
+// time. rusqlite's `Statement` is `!Send` because it holds a raw
+// `sqlite3_stmt` pointer and borrows a `Connection`, which is `!Sync`;
+// `Prepared` stays `!Sync`, so neither can be reached from two threads at
+// once. SQLite allows a connection and its statements to be used from one
+// thread and later from another (rusqlite opens connections with
+// SQLITE_OPEN_NO_MUTEX, multi-thread mode, which requires only that no
+// two threads use them at once), and rusqlite moves cached statements
+// between threads with their connection the same way (its
+// `StatementCache` is `Send`).
+unsafe impl Send for Prepared {}
 
 impl std::ops::Deref for Conn {
     type Target = Connection;
