@@ -61,6 +61,14 @@ pub struct SqliteStore {
 /// request ids and model names near their length limits reach.
 const PAGE_SIZE: u32 = 2048;
 
+/// The latest usage record of a request (`?3`) of a key (`?4`). A record's
+/// usage_key is `<request id>/<hold id>` (migration 0008): the request's
+/// records are the keys of its key from `?1` = `<request id>/` up to `?2`
+/// = `<request id>0`, a range of the primary key.
+const GENERATION: &str = "SELECT substr(usage_key, length(request_id) + 2) AS hold_id, * FROM usage
+     WHERE usage_key >= ?1 AND usage_key < ?2 AND request_id = ?3 AND key_id = ?4
+     ORDER BY created_at DESC LIMIT 1";
+
 /// How often the WAL is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -491,20 +499,14 @@ impl CreditStore for SqliteStore {
 impl UsageStore for SqliteStore {
     async fn generation(&self, key_id: &str, request_id: &str) -> StoreResult<Option<UsageRecord>> {
         self.batch.flush().await;
-        // A record's usage_key is `<request id>/<hold id>`: the request's
-        // records are the keys from `<request id>/` up to `<request id>0`.
-        let row = sqlx::query(
-            "SELECT substr(usage_key, length(request_id) + 2) AS hold_id, * FROM usage
-             WHERE usage_key >= ?1 AND usage_key < ?2 AND request_id = ?3 AND key_id = ?4
-             ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind(format!("{request_id}/"))
-        .bind(format!("{request_id}0"))
-        .bind(request_id)
-        .bind(key_id)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(unavailable)?;
+        let row = sqlx::query(GENERATION)
+            .bind(format!("{request_id}/"))
+            .bind(format!("{request_id}0"))
+            .bind(request_id)
+            .bind(key_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?;
         Ok(row.as_ref().map(usage_from_row))
     }
 
@@ -872,21 +874,17 @@ mod tests {
         .await
         .unwrap();
         assert!(indexes.is_empty(), "{indexes:?}");
-        let details: Vec<String> = sqlx::query(
-            "EXPLAIN QUERY PLAN SELECT * FROM usage
-             WHERE usage_key >= ?1 AND usage_key < ?2 AND request_id = ?3 AND key_id = ?4
-             ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind("r/")
-        .bind("r0")
-        .bind("r")
-        .bind("k1")
-        .fetch_all(&store.reader)
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get("detail"))
-        .collect();
+        let details: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {GENERATION}"))
+            .bind("r/")
+            .bind("r0")
+            .bind("r")
+            .bind("k1")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("detail"))
+            .collect();
         assert!(
             details.iter().any(|d| d
                 == "SEARCH usage USING PRIMARY KEY (key_id=? AND usage_key>? AND usage_key<?)"),

@@ -237,9 +237,10 @@ enum Sql {
 }
 
 /// The batch's statements, each prepared once, when the connection opens,
-/// and run in place. (rusqlite's statement cache would hash the SQL text
-/// and take the statement out of its LRU list and put it back on every
-/// run: about 9K instructions per paying request, in callgrind.)
+/// and run in place. (rusqlite's statement cache hashes the SQL text and
+/// takes the statement out of its LRU list and puts it back on every run:
+/// in callgrind, 237.4K instructions per paying request with it, 222.2K
+/// without.)
 struct Statements<'c> {
     begin: Statement<'c>,
     commit: Statement<'c>,
