@@ -83,28 +83,17 @@ fn write_time(w: &mut impl fmt::Write, secs: u64, micros: u32) -> fmt::Result {
     use std::fmt::Write as _;
     SECOND.with_borrow_mut(|(second, text)| {
         if *second != secs {
-            let (y, mo, d) = crate::dates::civil_from_days((secs / 86_400) as i64);
-            let of_day = secs % 86_400;
+            // humantime's RFC 3339 to the second, its `Z` replaced by the dot.
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
             text.clear();
-            write!(
-                text,
-                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.",
-                of_day / 3600,
-                of_day / 60 % 60,
-                of_day % 60
-            )?;
+            write!(text, "{}", humantime::format_rfc3339_seconds(at))?;
+            text.pop();
+            text.push('.');
             *second = secs;
         }
         w.write_str(text)
     })?;
-    let mut digits = [b'0'; 7];
-    let mut rest = micros.min(999_999);
-    for d in digits[..6].iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    digits[6] = b'Z';
-    w.write_str(std::str::from_utf8(&digits).expect("ASCII digits"))
+    write!(w, "{:06}Z", micros.min(999_999))
 }
 
 /// Fields as `name=value`, space-separated, the message bare: the text

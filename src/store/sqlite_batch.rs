@@ -309,6 +309,11 @@ impl Conn {
             .with_dependent_mut(|_, s| s.get(which).execute(params))
     }
 
+    /// `run`, with SQLite's error as the store's.
+    fn exec(&mut self, which: Sql, params: impl Params) -> StoreResult<usize> {
+        self.run(which, params).map_err(failed)
+    }
+
     /// Runs one query for its first row, if any.
     fn row<T>(
         &mut self,
@@ -777,7 +782,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 fn rollback(conn: &mut Conn) {
     // Fails harmlessly if the transaction never began or already ended.
-    let _ = exec(conn, Sql::Rollback, []);
+    let _ = conn.run(Sql::Rollback, []);
 }
 
 /// Applies `ops` in the transaction `commit` began, and commits it.
@@ -826,8 +831,7 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
         let result = decide(h, balance);
         if result == HoldResult::Held {
             moves.add(&h.key_id, -h.amount);
-            exec(
-                conn,
+            conn.exec(
                 Sql::HoldInsert,
                 rusqlite::params![
                     h.hold_id,
@@ -839,8 +843,7 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
                     h.expires_at
                 ],
             )?;
-            exec(
-                conn,
+            conn.exec(
                 Sql::Ledger,
                 rusqlite::params![h.key_id, "hold", -h.amount, 0, h.request_id, h.now],
             )?;
@@ -863,7 +866,7 @@ fn apply(conn: &mut Conn, ops: &[&Op]) -> StoreResult<Vec<Done>> {
         }
     }
     moves.write(conn)?;
-    exec(conn, Sql::Commit, [])?;
+    conn.exec(Sql::Commit, [])?;
     if conn.open.len() + written.len() > MAX_REMEMBERED {
         conn.open.clear();
     }
@@ -903,21 +906,11 @@ impl Moves {
     fn write(self, conn: &mut Conn) -> StoreResult<()> {
         for (key_id, change) in self.0 {
             if change != 0 {
-                exec(conn, Sql::Move, rusqlite::params![key_id, change])?;
+                conn.exec(Sql::Move, rusqlite::params![key_id, change])?;
             }
         }
         Ok(())
     }
-}
-
-/// Runs one of the batch's statements with its values.
-fn exec(conn: &mut Conn, which: Sql, params: impl Params) -> StoreResult<()> {
-    exec_count(conn, which, params).map(drop)
-}
-
-/// `exec`, giving the number of rows changed.
-fn exec_count(conn: &mut Conn, which: Sql, params: impl Params) -> StoreResult<usize> {
-    conn.run(which, params).map_err(failed)
 }
 
 /// Resolves the hold `hold_id` if it is still open: charges `cost` (never
@@ -933,11 +926,11 @@ fn settle_hold(
 ) -> StoreResult<()> {
     let open = match conn.open.remove(hold_id) {
         // Still open unless the sweeper got there first.
-        Some(known) => (exec_count(conn, Sql::Unhold, [hold_id])? == 1).then_some(known),
+        Some(known) => (conn.exec(Sql::Unhold, [hold_id])? == 1).then_some(known),
         None => {
             let row = conn.row(Sql::Hold, [hold_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if row.is_some() {
-                exec(conn, Sql::Unhold, [hold_id])?;
+                conn.exec(Sql::Unhold, [hold_id])?;
             }
             row
         }
@@ -949,16 +942,15 @@ fn settle_hold(
     let refund = amount - charged;
     moves.add(&key_id, refund);
     let kind = if charged == 0 { "release" } else { "settle" };
-    exec(
-        conn,
+    conn.exec(
         Sql::Ledger,
         rusqlite::params![key_id, kind, refund, charged, request_id, at],
-    )
+    )?;
+    Ok(())
 }
 
 fn record_usage(conn: &mut Conn, u: &UsageRecord) -> StoreResult<()> {
-    exec(
-        conn,
+    conn.exec(
         Sql::Usage,
         rusqlite::params![
             u.hold_id,
@@ -979,7 +971,8 @@ fn record_usage(conn: &mut Conn, u: &UsageRecord) -> StoreResult<()> {
             u.searches,
             u.mcp_calls
         ],
-    )
+    )?;
+    Ok(())
 }
 
 /// Whether the hold fits the key's balance (`None`: no such key;
