@@ -67,6 +67,12 @@ def ok_rate(oha_runs):
     return good / total if total else 0.0
 
 
+def answered(oha_run):
+    """Requests oha made in one run: every HTTP answer and every error."""
+    return sum(oha_run.get("statusCodeDistribution", {}).values()) + sum(
+        oha_run.get("errorDistribution", {}).values())
+
+
 # --- formatting ----------------------------------------------------------------
 
 class Series:
@@ -123,6 +129,13 @@ def main():
     hz, n_req = int(m["clk_tck"]), int(m["cpu_requests"])
     cpu = {t: Series([int(v) / hz / n_req * 1e6 for v in m_all[f"cpu_ticks_{t}"]]) for t in TARGETS}
     cpu_ok = {t: ok_rate(cpu_runs[t]) for t in TARGETS}
+    # The same at the latency test's fixed rate: that round's ticks over the
+    # requests oha made in it (older raw results have no such ticks).
+    cpu_rate = {
+        t: Series([int(v) / hz / answered(d) * 1e6
+                   for v, d in zip(m_all.get(f"cpu_ticks_rate_{t}", []), lat[t]) if answered(d)])
+        for t in TARGETS
+    }
 
     mib = lambda key: int(m[key]) / 1024  # noqa: E731
     rest = {t: mib(f"rss_rest_kib_{t}") for t in PROXIES}
@@ -157,6 +170,12 @@ def main():
     row("CPU per request (µs, the process's own user+sys)", cpu["direct"].cell(1) + " ¹",
         cpu["nginx"].cell(1) + " ²", cpu["gateway"].cell(1), "gateway ≤ 2× nginx",
         verdict(cpu_ratio <= 2.0 and cpu_ok["gateway"] == 1.0, f"{cpu_ratio:.2f}×"))
+
+    if cpu_rate["gateway"].median is not None and cpu_rate["nginx"].median:
+        rate_ratio = cpu_rate["gateway"].median / cpu_rate["nginx"].median
+        row(f"↳ the same at {m['lat_rate']} req/s (µs)", cpu_rate["direct"].cell(1) + " ¹",
+            cpu_rate["nginx"].cell(1) + " ²", cpu_rate["gateway"].cell(1), "gateway ≤ 2× nginx",
+            verdict(rate_ratio <= 2.0 and lat_ok["gateway"] == 1.0, f"{rate_ratio:.2f}×"))
 
     # d. memory
     row("RSS at rest (MiB)", DASH, f"{rest['nginx']:.1f} ²", f"{rest['gateway']:.1f}",

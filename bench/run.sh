@@ -409,13 +409,19 @@ warm_up() {
 
 # a. Latency at a fixed, moderate rate: what a caller feels when the proxy is
 #    not saturated. -w waits for in-flight requests at the deadline instead of
-#    counting them as errors.
+#    counting them as errors. The same runs give the CPU per request at that
+#    rate (utime+stime over the run; report.py divides by the requests oha
+#    made): unsaturated, each request pays for its own wake-ups and cold
+#    caches, which a full-load run spreads over many.
 measure_latency() {
-    local t round
+    local t round pids before
     for round in $(seq "$LAT_ROUNDS"); do
         for t in "${TARGETS[@]}"; do
             log "latency: $t, $LAT_RATE req/s, $LAT_CONN connections, $LAT_DURATION (round $round/$LAT_ROUNDS)"
+            pids=$(pids_of "$t")
+            before=$(cpu_ticks "$pids")
             oha_run "$t" "$RAW/latency-$t-$round.json" -c "$LAT_CONN" -q "$LAT_RATE" -z "$LAT_DURATION" -w
+            metric "cpu_ticks_rate_$t" "$(($(cpu_ticks "$pids") - before))"
             sleep 1
         done
     done
