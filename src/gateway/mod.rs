@@ -78,6 +78,15 @@ pub struct Caller {
     pub idempotency_key: Option<String>,
 }
 
+/// The body's SHA-256, which an `Idempotency-Key` is bound to; `None`
+/// when the request has no such key.
+fn body_digest(caller: &Caller, body: &[u8]) -> Option<[u8; 32]> {
+    caller
+        .idempotency_key
+        .as_ref()
+        .map(|_| Sha256::digest(body).into())
+}
+
 pub struct Gateway {
     pub catalog: Catalog,
     providers: Registry,
@@ -138,13 +147,17 @@ impl Gateway {
     }
 
     /// One Chat Completions request.
+    ///
+    /// `body` is released once read: a stream waits here for its first
+    /// content, and the client connection's read buffer is not pinned
+    /// meanwhile (hyper hands the body out as a slice of that buffer).
     pub async fn chat(
         &self,
-        body: &[u8],
+        body: Bytes,
         ctx: &RequestContext,
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
-        let mut request = ChatRequest::parse(body)?;
+        let mut request = ChatRequest::parse(&body)?;
         request.web_search = websearch::take_from_chat(&mut request.body, &mut request.model)?;
         let tools = mcp::take_tools(&mut request.body, true)?;
         if !tools.is_empty() {
@@ -157,7 +170,9 @@ impl Gateway {
                 ..Default::default()
             });
         }
-        self.run(request, body, ctx, caller).await
+        let digest = body_digest(caller, &body);
+        drop(body);
+        self.run(request, digest, ctx, caller).await
     }
 
     /// One Responses request, through the same pipeline: answered natively
@@ -165,19 +180,21 @@ impl Gateway {
     /// response before its last frame).
     pub async fn responses(
         &self,
-        body: &[u8],
+        body: Bytes,
         ctx: &RequestContext,
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
         let request = responses::prepare(
-            body,
+            &body,
             &caller.key.id,
             self.store.responses.clone(),
             self.responses_retention,
         )
         .await?;
+        let digest = body_digest(caller, &body);
+        drop(body);
         let job = request.responses.clone();
-        let outcome = self.run(request, body, ctx, caller).await?;
+        let outcome = self.run(request, digest, ctx, caller).await?;
         let bytes = match outcome {
             ChatOutcome::Complete(bytes) => bytes,
             stream => return Ok(stream),
@@ -226,7 +243,7 @@ impl Gateway {
     async fn run(
         &self,
         mut request: ChatRequest,
-        body: &[u8],
+        digest: Option<[u8; 32]>,
         ctx: &RequestContext,
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
@@ -288,12 +305,12 @@ impl Gateway {
             }
             Some(m) => Some(self.mcp.resolve(m, key).await?),
         };
-        let idempotency_key = match &caller.idempotency_key {
-            None => None,
-            Some(idem) => match self.claim(key, idem, body, ctx).await? {
+        let idempotency_key = match (&caller.idempotency_key, digest) {
+            (Some(idem), Some(digest)) => match self.claim(key, idem, digest, ctx).await? {
                 Some(replay) => return Ok(replay),
                 None => Some(idem.clone()),
             },
+            _ => None,
         };
         // The hold covers the dearest model that may answer.
         let most = |f: &dyn Fn(&ModelConfig) -> u64| models.iter().map(|m| f(m)).max().unwrap_or(0);
@@ -439,14 +456,14 @@ impl Gateway {
         &self,
         key: &KeyRecord,
         idem: &str,
-        body: &[u8],
+        body_hash: [u8; 32],
         ctx: &RequestContext,
     ) -> Result<Option<ChatOutcome>, GatewayError> {
         let now = now_ms();
         let claim = IdempotencyClaim {
             key_id: key.id.clone(),
             idem_key: idem.to_string(),
-            body_hash: Sha256::digest(body).into(),
+            body_hash,
             request_id: ctx.request_id.to_string(),
             now,
             not_before: now - IDEMPOTENCY_WINDOW.as_millis() as i64,

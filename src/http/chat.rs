@@ -28,17 +28,23 @@ pub async fn create(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let caller = caller(key, &headers)?;
+    let caller = caller(key, headers)?;
     Ok(outcome_response(
-        state.gateway.chat(&body, &ctx, &caller).await?,
+        state.gateway.chat(body, &ctx, &caller).await?,
     ))
 }
 
 /// The authenticated key and the request's `Idempotency-Key`.
-pub fn caller(key: Arc<KeyRecord>, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+///
+/// It takes the headers so that they are gone before the handler waits on
+/// the domain: hyper parses them as slices of the connection's read
+/// buffer, which cannot be reused while they live (the connection takes
+/// another), and a stream waits for its first content, which may take
+/// seconds.
+pub fn caller(key: Arc<KeyRecord>, headers: HeaderMap) -> Result<Caller, GatewayError> {
     Ok(Caller {
         key,
-        idempotency_key: idempotency_key(headers)?,
+        idempotency_key: idempotency_key(&headers)?,
     })
 }
 

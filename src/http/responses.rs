@@ -25,8 +25,8 @@ pub async fn create(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let caller = caller(key, &headers)?;
-    let outcome = state.gateway.responses(&body, &ctx, &caller).await?;
+    let caller = caller(key, headers)?;
+    let outcome = state.gateway.responses(body, &ctx, &caller).await?;
     Ok(outcome_response(outcome))
 }
 
