@@ -78,13 +78,13 @@ pub struct Caller {
     pub idempotency_key: Option<String>,
 }
 
-/// The body's SHA-256, which an `Idempotency-Key` is bound to; `None`
-/// when the request has no such key.
-fn body_digest(caller: &Caller, body: &[u8]) -> Option<[u8; 32]> {
+/// The request's `Idempotency-Key` and the SHA-256 of the body it is
+/// bound to, if it has one.
+fn idempotency<'a>(caller: &'a Caller, body: &[u8]) -> Option<(&'a str, [u8; 32])> {
     caller
         .idempotency_key
-        .as_ref()
-        .map(|_| Sha256::digest(body).into())
+        .as_deref()
+        .map(|idem| (idem, Sha256::digest(body).into()))
 }
 
 pub struct Gateway {
@@ -170,9 +170,9 @@ impl Gateway {
                 ..Default::default()
             });
         }
-        let digest = body_digest(caller, &body);
+        let idempotency = idempotency(caller, &body);
         drop(body);
-        self.run(request, digest, ctx, caller).await
+        self.run(request, idempotency, ctx, caller).await
     }
 
     /// One Responses request, through the same pipeline: answered natively
@@ -191,10 +191,10 @@ impl Gateway {
             self.responses_retention,
         )
         .await?;
-        let digest = body_digest(caller, &body);
+        let idempotency = idempotency(caller, &body);
         drop(body);
         let job = request.responses.clone();
-        let outcome = self.run(request, digest, ctx, caller).await?;
+        let outcome = self.run(request, idempotency, ctx, caller).await?;
         let bytes = match outcome {
             ChatOutcome::Complete(bytes) => bytes,
             stream => return Ok(stream),
@@ -243,7 +243,7 @@ impl Gateway {
     async fn run(
         &self,
         mut request: ChatRequest,
-        digest: Option<[u8; 32]>,
+        idempotency: Option<(&str, [u8; 32])>,
         ctx: &RequestContext,
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
@@ -305,12 +305,12 @@ impl Gateway {
             }
             Some(m) => Some(self.mcp.resolve(m, key).await?),
         };
-        let idempotency_key = match (&caller.idempotency_key, digest) {
-            (Some(idem), Some(digest)) => match self.claim(key, idem, digest, ctx).await? {
+        let idempotency_key = match idempotency {
+            None => None,
+            Some((idem, body_hash)) => match self.claim(key, idem, body_hash, ctx).await? {
                 Some(replay) => return Ok(replay),
-                None => Some(idem.clone()),
+                None => Some(idem.to_string()),
             },
-            _ => None,
         };
         // The hold covers the dearest model that may answer.
         let most = |f: &dyn Fn(&ModelConfig) -> u64| models.iter().map(|m| f(m)).max().unwrap_or(0);
