@@ -8,6 +8,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 mod sqlite_batch;
+mod sqlite_vfs;
 
 use std::sync::Arc;
 use std::time::Duration;
