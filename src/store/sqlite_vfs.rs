@@ -3,7 +3,7 @@
 //!
 //! SQLite writes each WAL frame as two `pwrite` calls, its 24-byte header
 //! and then its page: a paying request's transaction (about seven pages)
-//! made fourteen. This VFS wraps the default one and changes only how
+//! made fourteen. This VFS wraps the unix one and changes only how
 //! bytes reach the WAL file: the frames of a transaction are kept in
 //! memory and written in one call when the commit frame's header comes,
 //! and the commit frame's page follows in a second. The bytes, their
@@ -18,14 +18,24 @@
 //!   (which also covers SQLite rewriting the headers of a transaction that
 //!   overwrote its own frames, where the last write is the commit header);
 //! - every other use of the file (read, size, truncate, sync, lock, file
-//!   control, close) first writes out what is gathered, and so does a
-//!   write that does not continue it, so the file always ends up with the
-//!   bytes SQLite wrote, in the order it wrote them;
+//!   control) first writes out what is gathered, and so does a write that
+//!   does not continue it, so the file always ends up with the bytes SQLite
+//!   wrote, in the order it wrote them;
+//! - nothing gathered outlives the WAL write lock: releasing it (on the
+//!   database file's shared memory) first writes out what the WAL file
+//!   holds. That covers a transaction rolled back after its page cache
+//!   spilled frames into the WAL: its frames are past the last commit,
+//!   where the next writer, maybe another connection, writes its own, so
+//!   they must be in the file before that writer can start;
 //! - a process killed with frames still gathered loses only frames of a
 //!   transaction that had not committed, which SQLite would ignore anyway.
 //!
 //! Files other than WAL files (the database, its shared memory) go straight
-//! to the wrapped VFS, so locking and the WAL index are untouched.
+//! to the wrapped VFS, so locking and the WAL index are untouched. A WAL
+//! file gathers only when its database file is one of this VFS's and
+//! overwrites are power-safe (SQLite's default on unix): otherwise SQLite
+//! may pad a commit to a sector boundary and split frames, and the file is
+//! written straight through.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
@@ -46,11 +56,11 @@ const MAX_WRITE: usize = 64 << 10;
 /// Gathered bytes are written out once there are this many.
 const MAX_GATHERED: usize = MAX_WRITE;
 
-/// The VFS this one wraps (SQLite's default).
+/// The VFS this one wraps (SQLite's unix VFS).
 static WRAPPED: AtomicPtr<ffi::sqlite3_vfs> = AtomicPtr::new(ptr::null_mut());
 
-/// Registers the VFS once per process. `None` if it could not be (no
-/// default VFS to wrap); connections then use the default one.
+/// Registers the VFS once per process. `None` if it could not be (no unix
+/// VFS to wrap); connections then use the default one.
 pub fn registered() -> Option<&'static str> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     // SAFETY: called once; SQLite copies nothing and keeps the pointer,
@@ -61,13 +71,13 @@ pub fn registered() -> Option<&'static str> {
 }
 
 unsafe fn register() -> bool {
-    let wrapped = ffi::sqlite3_vfs_find(ptr::null());
+    let wrapped = ffi::sqlite3_vfs_find(c"unix".as_ptr());
     if wrapped.is_null() {
         return false;
     }
     WRAPPED.store(wrapped, Ordering::Release);
-    // Every function but xOpen is the wrapped VFS's own: they read at most
-    // the fields copied with them (mxPathname, pAppData).
+    // Every function but xOpen is the unix VFS's own, which ignore the VFS
+    // they are given.
     let mut vfs = ptr::read(wrapped);
     vfs.pNext = ptr::null_mut();
     vfs.zName = NAME_C.as_ptr();
@@ -82,8 +92,11 @@ unsafe fn register() -> bool {
 struct File {
     base: ffi::sqlite3_file,
     wrapped: *mut ffi::sqlite3_file,
-    /// Null unless this is a WAL file.
+    /// Null unless this is a WAL file that gathers.
     gather: *mut Gather,
+    /// A gathering WAL file's database file, and that database file's WAL
+    /// file while it is open; null otherwise.
+    partner: *mut File,
 }
 
 const OUR_PART: usize = std::mem::size_of::<File>().next_multiple_of(16);
@@ -101,6 +114,7 @@ unsafe extern "C" fn open(
     (*ours).base.pMethods = ptr::null();
     (*ours).wrapped = wrapped;
     (*ours).gather = ptr::null_mut();
+    (*ours).partner = ptr::null_mut();
     (*wrapped).pMethods = ptr::null();
     let Some(open_wrapped) = (*wrapped_vfs).xOpen else {
         return ffi::SQLITE_CANTOPEN;
@@ -109,12 +123,26 @@ unsafe extern "C" fn open(
     // SQLite calls xClose exactly when pMethods is set, even after a
     // failed open: mirror the wrapped file.
     if !(*wrapped).pMethods.is_null() {
-        if flags & ffi::SQLITE_OPEN_WAL != 0 {
-            (*ours).gather = Box::into_raw(Box::default());
-        }
         (*ours).base.pMethods = &METHODS;
+        if rc == ffi::SQLITE_OK && flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null() {
+            let database = ffi::sqlite3_database_file_object(name);
+            if ours_and_powersafe(database) {
+                let database = database.cast::<File>();
+                (*database).partner = ours;
+                (*ours).partner = database;
+                (*ours).gather = Box::into_raw(Box::default());
+            }
+        }
     }
     rc
+}
+
+/// Whether `file` was opened by this VFS and overwrites on it are
+/// power-safe (so SQLite writes a commit with no padding).
+unsafe fn ours_and_powersafe(file: *mut ffi::sqlite3_file) -> bool {
+    !file.is_null()
+        && ptr::eq((*file).pMethods, &METHODS)
+        && device_characteristics(file) & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0
 }
 
 /// A WAL file's writes not yet made.
@@ -138,14 +166,13 @@ impl Gather {
     unsafe fn write(&mut self, file: *mut ffi::sqlite3_file, data: &[u8], offset: i64) -> c_int {
         let continues = !self.bytes.is_empty() && offset == self.end();
         let page_of_open_frame = std::mem::take(&mut self.frame_open) && continues;
+        // Bytes 4..8 of a frame header: the database size after a commit,
+        // else 0.
+        let frame_header =
+            data.len() == FRAME_HEADER && offset >= WAL_HEADER as i64 && data[4..8] == [0, 0, 0, 0];
         let keep = match data.len() {
             WAL_HEADER => offset == 0,
-            FRAME_HEADER if offset >= WAL_HEADER as i64 => {
-                // Bytes 4..8: the database size after a commit, else 0.
-                let commit = data[4..8] != [0, 0, 0, 0];
-                self.frame_open = !commit;
-                !commit
-            }
+            FRAME_HEADER => frame_header,
             _ => page_of_open_frame,
         };
         if !self.bytes.is_empty() && !continues {
@@ -162,6 +189,7 @@ impl Gather {
         }
         self.bytes.extend_from_slice(data);
         if keep && self.bytes.len() < MAX_GATHERED {
+            self.frame_open = frame_header;
             return ffi::SQLITE_OK;
         }
         self.flush(file)
@@ -279,18 +307,18 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 };
 
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
-    let written = flushed(file);
     let ours = file.cast::<File>();
+    // Nothing is gathered here: the write lock was released before, and
+    // what a closing connection writes (a checkpoint's) it reads or syncs.
     if !(*ours).gather.is_null() {
         drop(Box::from_raw((*ours).gather));
         (*ours).gather = ptr::null_mut();
     }
-    let closed = straight!(file, xClose, ffi::SQLITE_OK);
-    if written != ffi::SQLITE_OK {
-        written
-    } else {
-        closed
+    if !(*ours).partner.is_null() {
+        (*(*ours).partner).partner = ptr::null_mut();
+        (*ours).partner = ptr::null_mut();
     }
+    straight!(file, xClose, ffi::SQLITE_OK)
 }
 
 unsafe extern "C" fn read(
@@ -388,6 +416,9 @@ unsafe extern "C" fn shm_map(
     )
 }
 
+/// The shared-memory lock SQLite writes the WAL under (`WAL_WRITE_LOCK`).
+const WRITE_LOCK: c_int = 0;
+
 unsafe extern "C" fn shm_lock(
     file: *mut ffi::sqlite3_file,
     offset: c_int,
@@ -396,6 +427,16 @@ unsafe extern "C" fn shm_lock(
 ) -> c_int {
     if wrapped(file).1.iVersion < 2 {
         return ffi::SQLITE_IOERR_SHMLOCK;
+    }
+    // Called on the database file: before the write lock goes, its WAL
+    // file writes out what it holds (frames past the last commit, of a
+    // transaction rolled back), while no other writer can start. SQLite
+    // ignores what an unlock returns, and so does this.
+    let wal = (*file.cast::<File>()).partner;
+    let unlocks_writes =
+        flags & ffi::SQLITE_SHM_UNLOCK != 0 && offset <= WRITE_LOCK && WRITE_LOCK < offset + n;
+    if unlocks_writes && !wal.is_null() {
+        let _ = flushed(wal.cast());
     }
     straight!(file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags)
 }
@@ -463,8 +504,8 @@ mod tests {
         conn
     }
 
-    /// The writes made so far to the WAL file of `conn`, and the file's size.
-    fn wal_writes(conn: &Connection) -> u64 {
+    /// The gathering state of the WAL file of `conn`.
+    fn wal_gather(conn: &Connection) -> &Gather {
         let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
         // SAFETY: JOURNAL_POINTER stores the WAL's sqlite3_file, which this
         // VFS allocated as a `File`; the connection is not used meanwhile.
@@ -478,8 +519,18 @@ mod tests {
             assert_eq!(rc, ffi::SQLITE_OK);
             let gather = (*file.cast::<File>()).gather;
             assert!(!gather.is_null(), "the WAL file gathers");
-            (*gather).writes
+            &*gather
         }
+    }
+
+    /// The writes made so far to the WAL file of `conn`.
+    fn wal_writes(conn: &Connection) -> u64 {
+        wal_gather(conn).writes
+    }
+
+    /// The bytes the WAL file of `conn` holds.
+    fn gathered(conn: &Connection) -> usize {
+        wal_gather(conn).bytes.len()
     }
 
     fn totals(conn: &Connection) -> (i64, i64) {
@@ -519,6 +570,82 @@ mod tests {
             assert!(frames >= 3, "round {round}: {frames} frames");
             assert_eq!(wal_writes(&conn) - writes, 2, "round {round}");
         }
+    }
+
+    /// A copy of the database and its WAL as they are now, without the
+    /// shared index: opening it rebuilds the index from the WAL's
+    /// checksummed frames, so every commit must be whole in the file.
+    fn recovered_copy(dir: &Path) -> (tempfile::TempDir, Connection) {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("db"), copy.path().join("db")).unwrap();
+        std::fs::copy(dir.join("db-wal"), copy.path().join("db-wal")).unwrap();
+        let conn = Connection::open(copy.path().join("db")).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        (copy, conn)
+    }
+
+    #[test]
+    fn frames_of_a_rolled_back_transaction_never_reach_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let gathering = gathering(&path);
+        gathering
+            .execute_batch(
+                "PRAGMA cache_size = 10;
+                 CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);",
+            )
+            .unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch(SETUP).unwrap();
+        for round in 0..5 {
+            // An empty WAL: the rollback below then reads every page it
+            // restores from the database file, not from the WAL.
+            other
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            // Spills frames into the WAL, the last of them still held when
+            // the transaction is given up.
+            gathering.execute_batch("BEGIN IMMEDIATE").unwrap();
+            for i in 0..3000 {
+                gathering
+                    .execute("INSERT INTO t (v) VALUES (?1)", [format!("{i:0150}")])
+                    .unwrap();
+            }
+            assert!(gathered(&gathering) > 0, "round {round}: frames held");
+            gathering.execute_batch("ROLLBACK").unwrap();
+            assert_eq!(
+                gathered(&gathering),
+                0,
+                "round {round}: held past the rollback"
+            );
+            // Another connection commits as many frames, over where those
+            // were.
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            for i in 0..3000 {
+                other
+                    .execute(
+                        "INSERT INTO t (v) VALUES (?1)",
+                        [format!("{round}{i:0150}")],
+                    )
+                    .unwrap();
+            }
+            other.execute_batch("COMMIT").unwrap();
+            // The gathering connection reads and writes again.
+            assert_eq!(totals(&gathering), totals(&other), "round {round}");
+            gathering
+                .execute("INSERT INTO t (v) VALUES (?1)", [format!("mine {round}")])
+                .unwrap();
+            assert_eq!(totals(&other), totals(&gathering), "round {round}");
+            let check: String = other
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(check, "ok", "round {round}");
+        }
+        let (_copy, recovered) = recovered_copy(dir.path());
+        assert_eq!(totals(&recovered), totals(&other));
     }
 
     #[test]
@@ -566,18 +693,8 @@ mod tests {
                     .unwrap();
             }
         }
-        // The database and its WAL as they are now, without the shared
-        // index: opening the copy rebuilds the index from the WAL's
-        // checksummed frames, so every commit must be whole in the file.
-        let copy = tempfile::tempdir().unwrap();
-        std::fs::copy(&path, copy.path().join("db")).unwrap();
-        std::fs::copy(dir.path().join("db-wal"), copy.path().join("db-wal")).unwrap();
-        let recovered = Connection::open(copy.path().join("db")).unwrap();
+        let (_copy, recovered) = recovered_copy(dir.path());
         assert_eq!(totals(&recovered), expected);
-        let check: String = recovered
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
         drop(reader);
         drop(writer);
     }
