@@ -587,17 +587,24 @@ mod tests {
         (copy, conn)
     }
 
+    /// A gathering connection to a new database with a table `t`, whose
+    /// cache is so small that a large transaction spills pages into the
+    /// WAL before its commit (which then rewrites some of them in place).
+    fn spilling(dir: &Path) -> Connection {
+        let conn = gathering(&dir.join("db"));
+        conn.execute_batch(
+            "PRAGMA cache_size = 10;
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);",
+        )
+        .unwrap();
+        conn
+    }
+
     #[test]
     fn frames_of_a_rolled_back_transaction_never_reach_another_connections_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let gathering = gathering(&path);
-        gathering
-            .execute_batch(
-                "PRAGMA cache_size = 10;
-                 CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);",
-            )
-            .unwrap();
+        let gathering = spilling(dir.path());
         let other = Connection::open(&path).unwrap();
         other.execute_batch(SETUP).unwrap();
         for round in 0..5 {
@@ -652,16 +659,8 @@ mod tests {
     fn readers_see_every_commit_and_the_wal_alone_recovers_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let writer = gathering(&path);
-        // A cache this small spills pages into the WAL before the commit,
-        // and the commit then rewrites some of them in place.
-        writer
-            .execute_batch(
-                "PRAGMA cache_size = 10;
-                 CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);
-                 CREATE INDEX t_v ON t (v);",
-            )
-            .unwrap();
+        let writer = spilling(dir.path());
+        writer.execute_batch("CREATE INDEX t_v ON t (v);").unwrap();
         let reader = Connection::open(&path).unwrap();
         let mut expected = (0i64, 0i64);
         for round in 0..40i64 {
