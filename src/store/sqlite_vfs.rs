@@ -284,6 +284,8 @@ macro_rules! straight {
     }};
 }
 
+/// Version 3, as the unix VFS's own methods are; a method the wrapped
+/// file lacks (None) gets the fallback its call names.
 static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
@@ -402,9 +404,6 @@ unsafe extern "C" fn shm_map(
     extend: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    if wrapped(file).1.iVersion < 2 {
-        return ffi::SQLITE_IOERR_SHMMAP;
-    }
     straight!(
         file,
         xShmMap,
@@ -425,9 +424,6 @@ unsafe extern "C" fn shm_lock(
     n: c_int,
     flags: c_int,
 ) -> c_int {
-    if wrapped(file).1.iVersion < 2 {
-        return ffi::SQLITE_IOERR_SHMLOCK;
-    }
     // Called on the database file: before the write lock goes, its WAL
     // file writes out what it holds (frames past the last commit, of a
     // transaction rolled back), while no other writer can start. SQLite
@@ -442,15 +438,10 @@ unsafe extern "C" fn shm_lock(
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
-    if wrapped(file).1.iVersion >= 2 {
-        straight!(file, xShmBarrier, ())
-    }
+    straight!(file, xShmBarrier, ())
 }
 
 unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    if wrapped(file).1.iVersion < 2 {
-        return ffi::SQLITE_OK;
-    }
     straight!(file, xShmUnmap, ffi::SQLITE_OK, delete)
 }
 
@@ -465,7 +456,7 @@ unsafe extern "C" fn fetch(
         return rc;
     }
     let (inner, methods) = wrapped(file);
-    match methods.xFetch.filter(|_| methods.iVersion >= 3) {
+    match methods.xFetch {
         Some(f) => f(inner, offset, amount, out),
         None => {
             // No memory map: SQLite reads instead.
@@ -480,9 +471,6 @@ unsafe extern "C" fn unfetch(
     offset: ffi::sqlite3_int64,
     page: *mut c_void,
 ) -> c_int {
-    if wrapped(file).1.iVersion < 3 {
-        return ffi::SQLITE_OK;
-    }
     straight!(file, xUnfetch, ffi::SQLITE_OK, offset, page)
 }
 
