@@ -114,6 +114,17 @@ cleanup() {
     exit $rc
 }
 
+# A work dir for this run (WORK, with RAW for raw results in it), removed by
+# cleanup, which runs on exit.
+open_work() { # name
+    WORK=$(mktemp -d "/tmp/mume-$1.XXXXXX")
+    chmod 755 "$WORK" # nginx workers run as an unprivileged user
+    RAW=$WORK/raw
+    mkdir -p "$RAW"
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
 # Prints N free loopback ports. All sockets are held open until every port is
 # chosen, so the same port is never handed out twice.
 free_ports() {
@@ -544,12 +555,7 @@ main() {
     ensure_gateway
     raise_fd_limit
 
-    WORK=$(mktemp -d /tmp/mume-bench.XXXXXX)
-    chmod 755 "$WORK" # nginx workers run as an unprivileged user
-    RAW=$WORK/raw
-    mkdir -p "$RAW"
-    trap cleanup EXIT
-    trap 'exit 130' INT TERM
+    open_work bench
 
     read -r UP_PORT STREAM_PORT NGINX_PORT NGINX_STREAM_PORT GW_PORT <<<"$(free_ports 5)"
     log "ports: upstream $UP_PORT, stream upstream $STREAM_PORT, nginx $NGINX_PORT/$NGINX_STREAM_PORT, gateway $GW_PORT; work dir $WORK"
