@@ -435,6 +435,38 @@ pub fn frame(value: &Value) -> Bytes {
     out.into()
 }
 
+/// The last frame of a relayed stream, once the charge is settled: the
+/// closing frames after success, or the error event of a failure.
+async fn close<R: EventRelay>(
+    mut relay: R,
+    mut charge: Charge,
+    step: Step,
+    ctx: RequestContext,
+) -> Bytes {
+    let usage = relay.usage();
+    charge.set_usage(usage);
+    charge.set_delivered(relay.delivered_tokens());
+    match step {
+        Step::Fail(error) => {
+            ctx.record.update(|r| {
+                r.usage = usage;
+                r.outcome = Outcome::Failed(error.code);
+            });
+            tracing::warn!(request_id = %ctx.request_id, code = error.code, detail = ?error.detail, "stream failed: {}", error.message);
+            charge.finish(200, error.code, None).await;
+            relay.end(Some(&error), &ctx.request_id).await
+        }
+        _ => {
+            ctx.record.update(|r| {
+                r.usage = usage;
+                r.outcome = Outcome::Completed;
+            });
+            charge.finish(200, "ok", None).await;
+            relay.end(None, &ctx.request_id).await
+        }
+    }
+}
+
 /// Relays the rest of an upstream stream after its first frames (held
 /// until the first content) were sent.
 /// Ends with `[DONE]` on success, or with one error event on failure; the
@@ -500,22 +532,9 @@ pub fn relay<R: EventRelay>(
         };
         // Stop reading upstream before the last frame goes out.
         drop(events);
-        let usage = relay.usage();
-        charge.set_usage(usage);
-        charge.set_delivered(relay.delivered_tokens());
-        match step {
-            Step::Fail(error) => {
-                ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Failed(error.code); });
-                tracing::warn!(request_id = %ctx.request_id, code = error.code, detail = ?error.detail, "stream failed: {}", error.message);
-                charge.finish(200, error.code, None).await;
-                yield relay.end(Some(&error), &ctx.request_id).await;
-            }
-            _ => {
-                ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });
-                charge.finish(200, "ok", None).await;
-                yield relay.end(None, &ctx.request_id).await;
-            }
-        }
+        // Boxed: the settlement's state would otherwise take room in every
+        // open stream for the whole of its life.
+        yield Box::pin(close(relay, charge, step, ctx)).await;
     }
     .boxed()
 }

@@ -163,7 +163,7 @@ impl HttpClient {
 
 /// One thread's connection pool for one upstream, by route.
 enum Pool {
-    Direct(Client<Https, Body>),
+    Direct(Client<Lean, Body>),
     Forward(Client<ToProxy, Body>, Option<HeaderValue>),
     Tunnel(Client<HttpsConnector<Tunnel<Https>>, Body>),
 }
@@ -190,7 +190,7 @@ impl Pool {
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new());
         match route {
-            Route::Direct => Pool::Direct(builder.build(https(tcp, tls, true))),
+            Route::Direct => Pool::Direct(builder.build(Lean(https(tcp, tls, true)))),
             Route::Forward { proxy, auth } => {
                 let connector = ToProxy {
                     proxy: proxy.clone(),
@@ -244,6 +244,106 @@ fn tls(ca_certificates: &[CertificateDer<'static>]) -> Result<rustls::ClientConf
         .with_no_client_auth())
 }
 
+/// The direct route's connector: hyper-rustls's, with a TLS session
+/// (about 1 KiB of state) moved to the heap, so that a plain-TCP upstream
+/// connection, which lives as long as the stream it carries, does not hold
+/// room for one.
+#[derive(Clone)]
+struct Lean(Https);
+
+type HttpsStream = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+impl Service<Uri> for Lean {
+    type Response = LeanStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<LeanStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        let connecting = self.0.call(destination);
+        Box::pin(async move {
+            Ok(match connecting.await? {
+                MaybeHttpsStream::Http(tcp) => LeanStream::Plain(tcp),
+                tls => LeanStream::Tls(Box::new(tls)),
+            })
+        })
+    }
+}
+
+/// A connection made by [`Lean`].
+enum LeanStream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<HttpsStream>),
+}
+
+/// What hyper needs of a connection, as one trait object.
+trait Io: Read + Write + Unpin {}
+impl<T: Read + Write + Unpin> Io for T {}
+
+impl LeanStream {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut dyn Io> {
+        match self.get_mut() {
+            LeanStream::Plain(tcp) => Pin::new(tcp),
+            LeanStream::Tls(tls) => Pin::new(&mut **tls),
+        }
+    }
+}
+
+impl Connection for LeanStream {
+    fn connected(&self) -> Connected {
+        match self {
+            LeanStream::Plain(tcp) => tcp.connected(),
+            LeanStream::Tls(tls) => tls.connected(),
+        }
+    }
+}
+
+impl Read for LeanStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl Write for LeanStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            LeanStream::Plain(tcp) => tcp.is_write_vectored(),
+            LeanStream::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+}
+
 /// Connects to the proxy whatever the destination, and marks the
 /// connection as proxied so that hyper writes requests in absolute form.
 #[derive(Clone)]
@@ -252,10 +352,8 @@ struct ToProxy {
     inner: Https,
 }
 
-type ProxyStream = MaybeHttpsStream<TokioIo<TcpStream>>;
-
 impl Service<Uri> for ToProxy {
-    type Response = Proxied<ProxyStream>;
+    type Response = Proxied<HttpsStream>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
