@@ -446,25 +446,23 @@ async fn close<R: EventRelay>(
     let usage = relay.usage();
     charge.set_usage(usage);
     charge.set_delivered(relay.delivered_tokens());
-    match step {
-        Step::Fail(error) => {
-            ctx.record.update(|r| {
-                r.usage = usage;
-                r.outcome = Outcome::Failed(error.code);
-            });
+    let failure = match step {
+        Step::Fail(error) => Some(error),
+        _ => None,
+    };
+    let (outcome, code) = match &failure {
+        Some(error) => {
             tracing::warn!(request_id = %ctx.request_id, code = error.code, detail = ?error.detail, "stream failed: {}", error.message);
-            charge.finish(200, error.code, None).await;
-            relay.end(Some(&error), &ctx.request_id).await
+            (Outcome::Failed(error.code), error.code)
         }
-        _ => {
-            ctx.record.update(|r| {
-                r.usage = usage;
-                r.outcome = Outcome::Completed;
-            });
-            charge.finish(200, "ok", None).await;
-            relay.end(None, &ctx.request_id).await
-        }
-    }
+        None => (Outcome::Completed, "ok"),
+    };
+    ctx.record.update(|r| {
+        r.usage = usage;
+        r.outcome = outcome;
+    });
+    charge.finish(200, code, None).await;
+    relay.end(failure.as_ref(), &ctx.request_id).await
 }
 
 /// Relays the rest of an upstream stream after its first frames (held
