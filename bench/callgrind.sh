@@ -6,6 +6,7 @@
 #   bash bench/callgrind.sh                               # builds the gateway
 #   MUME_BIN=/path/to/mume-gateway bash bench/callgrind.sh
 #   BENCH_KEY_ARGS="" bash bench/callgrind.sh             # an unlimited key
+#   TURNS=60 bash bench/callgrind.sh                      # a long conversation
 #
 # A mock upstream (nginx `return 200`, as in run.sh), the gateway under
 # callgrind with a key that has credit and limits far above the load (as in
@@ -22,6 +23,9 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/run.sh
 source "$BENCH_DIR/run.sh"
 REQUESTS=${REQUESTS:-2000}
+# 0: the one-message body of run.sh; N: a system prompt and N question and
+# answer turns (1: about 1.8 KB, 60: about 75 KB).
+TURNS=${TURNS:-0}
 CONNECTIONS=${CONNECTIONS:-4}
 WARMUP=${WARMUP:-600}
 OUT=${OUT:-$BENCH_DIR/out/callgrind.out}
@@ -52,10 +56,17 @@ wait_for_port "$GW_PORT" "the gateway under callgrind"
 
 # N requests on C keep-alive connections; fails on any answer but 200.
 load() {
-    python3 - "$GW_PORT" "$KEY" "$1" "$CONNECTIONS" <<'EOF'
-import http.client, sys, threading
+    python3 - "$GW_PORT" "$KEY" "$1" "$CONNECTIONS" "$TURNS" <<'EOF'
+import http.client, json, sys, threading
 port, key, n, conns = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+turns = int(sys.argv[5])
 body = b'{"model":"up/bench","messages":[{"role":"user","content":"hi"}]}'
+if turns:
+    messages = [{"role": "system", "content": "You are a helpful assistant. " * 20}]
+    for i in range(turns):
+        messages.append({"role": "user", "content": f"Tell me about item {i}. " * 20})
+        messages.append({"role": "assistant", "content": f"Item {i} is a thing with properties. " * 20})
+    body = json.dumps({"model": "up/bench", "messages": messages, "temperature": 0.2}).encode()
 headers = {"Content-Type": "application/json", "Authorization": "Bearer " + key}
 failed = []
 def run(count):

@@ -87,6 +87,12 @@ impl<'a> RawObject<'a> {
     /// that raw JSON text (added at the end, in order, if absent). Other
     /// members are copied as they came. `json_text` must be valid JSON.
     pub fn to_vec_with(&self, edits: &[(&str, &str)]) -> Vec<u8> {
+        self.to_vec_edited(edits, &[])
+    }
+
+    /// `to_vec_with`, leaving out every member (each one, if repeated) whose
+    /// key is in `removed`.
+    pub fn to_vec_edited(&self, edits: &[(&str, &str)], removed: &[&str]) -> Vec<u8> {
         let size: usize = self
             .members
             .iter()
@@ -100,6 +106,9 @@ impl<'a> RawObject<'a> {
         out.push(b'{');
         let mut applied = vec![false; edits.len()];
         for (k, v) in &self.members {
+            if removed.contains(&k.0.as_ref()) {
+                continue;
+            }
             if out.len() > 1 {
                 out.push(b',');
             }
@@ -167,6 +176,20 @@ mod tests {
         let obj = RawObject::parse(br#"{"usage":{"a":1},"x":2}"#).unwrap();
         let out = obj.to_vec_with(&[("x", "0.000000123"), ("cost", "{}")]);
         assert_eq!(out, br#"{"usage":{"a":1},"x":0.000000123,"cost":{}}"#);
+    }
+
+    #[test]
+    fn leaves_out_removed_members_each_time_they_appear() {
+        let obj =
+            RawObject::parse(br#"{"a":1,"gone":2,"b":[ 1.50 ],"gone":3,"model":"x"}"#).unwrap();
+        let out = obj.to_vec_edited(&[("model", r#""y""#)], &["gone", "absent"]);
+        assert_eq!(out, br#"{"a":1,"b":[ 1.50 ],"model":"y"}"#);
+        let all = RawObject::parse(br#"{"gone":1}"#).unwrap();
+        assert_eq!(all.to_vec_edited(&[], &["gone"]), b"{}");
+        assert_eq!(
+            all.to_vec_edited(&[("k", "true")], &["gone"]),
+            br#"{"k":true}"#
+        );
     }
 
     #[test]

@@ -158,17 +158,24 @@ impl Gateway {
         caller: &Caller,
     ) -> Result<ChatOutcome, GatewayError> {
         let mut request = ChatRequest::parse(&body)?;
-        request.web_search = websearch::take_from_chat(&mut request.body, &mut request.model)?;
-        let tools = mcp::take_tools(&mut request.body, true)?;
-        if !tools.is_empty() {
-            // `max_tool_calls` as in the Responses API (an extension here).
-            let max_tool_calls = request::optional_count(&request.body, "max_tool_calls")?;
-            request.body.remove("max_tool_calls");
-            request.mcp = Some(mcp::McpRequest {
-                tools,
-                max_tool_calls,
-                ..Default::default()
-            });
+        // Only a request that asks for them is changed here, so that any
+        // other goes upstream as the client's own bytes.
+        if websearch::asked_in_chat(request.body(), &request.model) {
+            let (body, model) = request.body_and_model_mut();
+            request.web_search = websearch::take_from_chat(body, model)?;
+        }
+        if mcp::has_mcp_tools(request.body()) {
+            let tools = mcp::take_tools(request.body_mut(), true)?;
+            if !tools.is_empty() {
+                // `max_tool_calls` as in the Responses API (an extension here).
+                let max_tool_calls = request::optional_count(request.body(), "max_tool_calls")?;
+                request.body_mut().remove("max_tool_calls");
+                request.mcp = Some(mcp::McpRequest {
+                    tools,
+                    max_tool_calls,
+                    ..Default::default()
+                });
+            }
         }
         let idempotency = idempotency(caller, &body);
         drop(body);
@@ -629,13 +636,13 @@ impl Gateway {
                 .search_once(
                     searcher,
                     ws,
-                    &websearch::last_user_text(&inner.body),
+                    &websearch::last_user_text(inner.body()),
                     charge,
                 )
                 .await?;
             let context = websearch::block(ws, &call, 1, &date);
             done.calls.push(call);
-            if let Some(Value::Array(messages)) = inner.body.get_mut("messages") {
+            if let Some(Value::Array(messages)) = inner.body_mut().get_mut("messages") {
                 messages.insert(0, json!({"role": "system", "content": context}));
             }
             done.completion = self
@@ -643,9 +650,9 @@ impl Gateway {
                 .await?;
             return Ok(done);
         }
-        let (name, tool) = websearch::search_function(&inner.body);
-        let client_tools = inner.body.get("tools").cloned();
-        let client_choice = inner.body.get("tool_choice").cloned();
+        let (name, tool) = websearch::search_function(inner.body());
+        let client_tools = inner.body().get("tools").cloned();
+        let client_choice = inner.body().get("tool_choice").cloned();
         loop {
             let last = done.calls.len() as u32 >= searcher.max_searches;
             let mut tools = match &client_tools {
@@ -693,7 +700,7 @@ impl Gateway {
                 };
                 answers.push(json!({"role": "tool", "tool_call_id": call.get("id").cloned().unwrap_or(Value::Null), "content": text}));
             }
-            if let Some(Value::Array(messages)) = inner.body.get_mut("messages") {
+            if let Some(Value::Array(messages)) = inner.body_mut().get_mut("messages") {
                 messages.push(turn);
                 messages.extend(answers);
             }
@@ -1194,7 +1201,7 @@ enum Reply {
 }
 
 fn prompt_estimate(request: &ChatRequest, model: &ModelConfig) -> u64 {
-    let estimate = estimate_prompt_tokens(&request.body);
+    let estimate = estimate_prompt_tokens(request.body());
     match model.context_length {
         Some(ctx) => estimate.min(ctx),
         None => estimate,

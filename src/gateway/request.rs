@@ -2,11 +2,17 @@
 //! gateway acts on, while the whole body travels on as JSON, untouched
 //! except for the changes `upstream_body` makes. The routing fields
 //! `models` and `provider` are read here and never sent upstream.
+//!
+//! A client's request that nothing else changes goes upstream as the
+//! client's own bytes with only those top-level changes made
+//! (`json::RawObject`): every other value byte for byte, and no cost of
+//! writing a long conversation out again.
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::error::GatewayError;
+use super::json::RawObject;
 use super::router::ProviderPrefs;
 
 /// The most fallback models a request may list in `models`.
@@ -15,11 +21,18 @@ pub const MAX_FALLBACKS: usize = 8;
 /// Body fields that would let a client redirect the gateway or swap its
 /// credentials (SEC-06). They are removed, never honoured.
 const REFUSED_FIELDS: &[&str] = &["api_base", "base_url", "api_key"];
+/// The fields `from_map` takes out of the body: the routing fields, and
+/// `REFUSED_FIELDS`.
+const TAKEN_FIELDS: &[&str] = &["models", "provider", "api_base", "base_url", "api_key"];
 
 #[derive(Debug)]
 pub struct ChatRequest {
-    /// The client's body, minus `REFUSED_FIELDS`.
-    pub body: Map<String, Value>,
+    /// The client's body, minus `TAKEN_FIELDS`.
+    body: Map<String, Value>,
+    /// A copy of the client's bytes while `body` is what they say minus
+    /// `TAKEN_FIELDS`: dropped by `body_mut`. Owned, so that it never pins
+    /// the connection's read buffer.
+    raw: Option<Bytes>,
     pub model: String,
     pub stream: bool,
     /// Whether the client itself asked for the usage chunk.
@@ -60,7 +73,27 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
 
 impl ChatRequest {
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayError> {
-        Self::from_map(parse_object(bytes)?, true)
+        let mut request = Self::from_map(parse_object(bytes)?, true)?;
+        request.raw = Some(Bytes::copy_from_slice(bytes));
+        Ok(request)
+    }
+
+    /// The body, minus `TAKEN_FIELDS`.
+    pub fn body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+
+    /// The body, to change it: from then on `upstream_body` writes it out
+    /// from the map.
+    pub fn body_mut(&mut self) -> &mut Map<String, Value> {
+        self.raw = None;
+        &mut self.body
+    }
+
+    /// `body_mut` and the model, for an edit that may change both.
+    pub fn body_and_model_mut(&mut self) -> (&mut Map<String, Value>, &mut String) {
+        self.raw = None;
+        (&mut self.body, &mut self.model)
     }
 
     /// What a loop the gateway runs itself (web search, MCP) sends for each
@@ -122,6 +155,7 @@ impl ChatRequest {
         Ok(Self {
             image_at: first_image(&body),
             body,
+            raw: None,
             model,
             stream,
             client_wants_usage,
@@ -137,6 +171,7 @@ impl ChatRequest {
     /// Offers `tools` for the next round of a request the gateway answers
     /// in rounds, with the client's `choice` (none: no tools at all).
     pub fn offer(&mut self, tools: Vec<Value>, choice: Option<&Value>) {
+        self.raw = None;
         if tools.is_empty() {
             self.body.remove("tools");
             self.body.remove("tool_choice");
@@ -163,6 +198,22 @@ impl ChatRequest {
                 *options = Value::Object(Map::new());
             }
             options["include_usage"] = Value::Bool(true);
+        }
+        if let Some(raw) = self
+            .raw
+            .as_deref()
+            .and_then(|raw| RawObject::parse(raw).ok())
+        {
+            let model = serde_json::to_string(upstream_model).expect("a string always serializes");
+            let mut edits = vec![("model", model.as_str())];
+            let options = match usage_chunk {
+                true => self.body.get("stream_options").map(Value::to_string),
+                false => None,
+            };
+            if let Some(options) = &options {
+                edits.push(("stream_options", options));
+            }
+            return raw.to_vec_edited(&edits, TAKEN_FIELDS).into();
         }
         serde_json::to_vec(&self.body)
             .expect("a JSON map always serializes")
@@ -419,6 +470,71 @@ mod tests {
         assert_eq!(up["x_vendor"], json!({"a": [1, 2]}));
         assert_eq!(up["stream_options"]["include_usage"], true);
         assert!(up.get("api_base").is_none() && up.get("api_key").is_none());
+    }
+
+    #[test]
+    fn the_client_bytes_go_upstream_with_only_the_gateway_changes() {
+        let body =
+            br#"{"model":"p/m", "models":["q/m"],"messages":[{"role":"user","content":"h\u00e9"}],
+            "seed":123456789012345678901234567890,"temperature":1.50,"api_key":"k","stream":true,
+            "stream_options":{"x":1},"provider":{"order":["q"]},"model":"p/m","api_key":"k2"}"#;
+        let mut req = ChatRequest::parse(body).unwrap();
+        let up = req.upstream_body("m-up", true);
+        let expected = concat!(
+            r#"{"model":"m-up","messages":[{"role":"user","content":"h\u00e9"}],"#,
+            r#""seed":123456789012345678901234567890,"temperature":1.50,"stream":true,"#,
+            r#""stream_options":{"x":1,"include_usage":true},"model":"m-up"}"#
+        );
+        assert_eq!(std::str::from_utf8(&up).unwrap(), expected);
+        // A second attempt at another model writes the body afresh.
+        let again: Value = serde_json::from_slice(&req.upstream_body("m2", false)).unwrap();
+        assert_eq!(again["model"], "m2");
+        assert_eq!(again["stream_options"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn both_ways_of_writing_the_upstream_body_agree() {
+        let bodies = [
+            json!({"model": "p/m", "messages": [{"role": "user"}]}),
+            json!({"model": "p/m", "messages": [{"role": "user"}], "stream": true,
+                "stream_options": null, "base_url": "http://evil", "models": ["q/m"], "n": 2}),
+            json!({"model": "p/m", "messages": [{"role": "user"}], "stream_options": {"include_usage": false},
+                "provider": {"sort": "price"}, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        ];
+        for body in bodies {
+            for usage_chunk in [false, true] {
+                let bytes = serde_json::to_vec(&body).unwrap();
+                let mut raw = ChatRequest::parse(&bytes).unwrap();
+                let mut map = ChatRequest::from_map(parse_object(&bytes).unwrap(), true).unwrap();
+                let from_raw: Value =
+                    serde_json::from_slice(&raw.upstream_body("up", usage_chunk)).unwrap();
+                let from_map: Value =
+                    serde_json::from_slice(&map.upstream_body("up", usage_chunk)).unwrap();
+                assert_eq!(from_raw, from_map, "{body} usage_chunk={usage_chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_body_is_written_from_the_map() {
+        let mut req =
+            ChatRequest::parse(br#"{"model":"p/m","messages":[{"role":"user"}],"n":1}"#).unwrap();
+        req.body_mut().insert("n".into(), json!(2));
+        let up: Value = serde_json::from_slice(&req.upstream_body("up", false)).unwrap();
+        assert_eq!(
+            up,
+            json!({"model": "up", "messages": [{"role": "user"}], "n": 2})
+        );
+        let mut offered =
+            ChatRequest::parse(br#"{"model":"p/m","messages":[{"role":"user"}]}"#).unwrap();
+        offered.offer(vec![json!({"type": "function"})], None);
+        let up: Value = serde_json::from_slice(&offered.upstream_body("up", false)).unwrap();
+        assert_eq!(up["tools"], json!([{"type": "function"}]));
+    }
+
+    #[test]
+    fn every_refused_field_is_taken() {
+        assert!(REFUSED_FIELDS.iter().all(|f| TAKEN_FIELDS.contains(f)));
     }
 
     #[test]

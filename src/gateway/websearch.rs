@@ -81,6 +81,14 @@ fn bad(param: &str, message: &str) -> GatewayError {
     GatewayError::bad_request("invalid_request", message, Some(param))
 }
 
+/// Whether `take_from_chat` would change the request: a `:online` model,
+/// or a `web_search_options` or `plugins` member (any value).
+pub fn asked_in_chat(body: &Map<String, Value>, model: &str) -> bool {
+    model.ends_with(":online")
+        || body.contains_key("web_search_options")
+        || body.contains_key("plugins")
+}
+
 /// Takes the web search fields out of a Chat Completions body (they never
 /// go upstream): `web_search_options`, `plugins` (`{"id": "web", …}`), and
 /// the `:online` suffix of `model`.

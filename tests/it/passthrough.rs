@@ -46,6 +46,34 @@ async fn unknown_fields_reach_the_upstream_unchanged_and_redirect_fields_never_d
 }
 
 #[tokio::test]
+async fn values_reach_the_upstream_byte_for_byte() {
+    let upstream = Upstream::json(200, completion("ok")).await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    // Numbers a JSON tree would rewrite (an integer past 64 bits, a
+    // trailing zero, an exponent), an escape it would decode, and spacing.
+    let body = concat!(
+        r#"{"model": "up/m", "messages": [ {"role": "user", "content": "caf\u00e9"} ],"#,
+        r#" "seed": 123456789012345678901234567890, "temperature": 1.50, "top_p": 1e0,"#,
+        r#" "models": ["up/m"], "api_key": "sk-client-supplied"}"#
+    );
+    let response = client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+
+    let got = upstream.only_request().raw;
+    let expected = concat!(
+        r#"{"model":"m-upstream","messages":[ {"role": "user", "content": "caf\u00e9"} ],"#,
+        r#""seed":123456789012345678901234567890,"temperature":1.50,"top_p":1e0}"#
+    );
+    assert_eq!(std::str::from_utf8(&got).unwrap(), expected);
+}
+
+#[tokio::test]
 async fn stream_requests_reach_the_upstream_asking_for_usage() {
     let upstream = Upstream::sse(answer(&["hi"])).await;
     let gw = TestGateway::for_upstream(&upstream.base_url).await;

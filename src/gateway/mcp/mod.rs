@@ -229,21 +229,34 @@ fn tool_spec(tool: &Map<String, Value>, at: &str, chat: bool) -> Result<ToolSpec
     })
 }
 
+fn is_mcp(v: &Value) -> bool {
+    v.get("type").and_then(Value::as_str) == Some("mcp")
+}
+
+/// Whether `take_tools` would change the request: it has a list of
+/// `tools`, and an `mcp` tool in it or an `mcp` `tool_choice`.
+pub fn has_mcp_tools(body: &Map<String, Value>) -> bool {
+    match body.get("tools") {
+        Some(Value::Array(tools)) => {
+            body.get("tool_choice").is_some_and(is_mcp) || tools.iter().any(is_mcp)
+        }
+        _ => false,
+    }
+}
+
 /// Takes the `mcp` tools out of a request's `tools` (they never go
 /// upstream). `chat`: a Chat Completions request.
 pub fn take_tools(
     body: &mut Map<String, Value>,
     chat: bool,
 ) -> Result<Vec<ToolSpec>, GatewayError> {
-    let is_mcp = |v: &Value| v.get("type").and_then(Value::as_str) == Some("mcp");
-    let mcp_choice = body.get("tool_choice").is_some_and(is_mcp);
+    // Most requests have no mcp tool: leave their tools as they are.
+    if !has_mcp_tools(body) {
+        return Ok(Vec::new());
+    }
     let Some(Value::Array(tools)) = body.get_mut("tools") else {
         return Ok(Vec::new());
     };
-    // Most requests have no mcp tool: leave their tools as they are.
-    if !mcp_choice && !tools.iter().any(is_mcp) {
-        return Ok(Vec::new());
-    }
     let mut specs = Vec::new();
     let mut kept = Vec::new();
     for (i, tool) in std::mem::take(tools).into_iter().enumerate() {

@@ -306,7 +306,7 @@ impl Gateway {
         };
 
         // 1. Each server's tools, offered as functions.
-        let mut taken = function_names(&inner.body);
+        let mut taken = function_names(inner.body());
         let mut offers: Vec<Offer> = Vec::new();
         let mut functions: Vec<Value> = Vec::new();
         for (i, (spec, server)) in run.servers.iter().enumerate() {
@@ -392,7 +392,7 @@ impl Gateway {
                     None => "The user did not approve this call.".to_string(),
                 }
             };
-            if let Some(Value::Array(messages)) = inner.body.get_mut("messages") {
+            if let Some(Value::Array(messages)) = inner.body_mut().get_mut("messages") {
                 messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function",
                     "function": {"name": function_name(label, name), "arguments": arguments}}]}));
                 messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": answer}));
@@ -400,17 +400,17 @@ impl Gateway {
         }
 
         // 3. The rounds.
-        let client_tools: Vec<Value> = match inner.body.get("tools") {
+        let client_tools: Vec<Value> = match inner.body().get("tools") {
             Some(Value::Array(t)) => t.clone(),
             _ => Vec::new(),
         };
-        let mut choice = inner.body.get("tool_choice").cloned();
+        let mut choice = inner.body().get("tool_choice").cloned();
         let output_max = super::super::max_output_tokens(inner.max_tokens, &plan[0].model);
         let mut rounds = 0;
         loop {
             // A later round must fit in what is left of the hold (a round
             // may carry more tool output than the hold foresaw).
-            let prompt = crate::billing::estimate_prompt_tokens(&inner.body);
+            let prompt = crate::billing::estimate_prompt_tokens(inner.body());
             if rounds > 0 && !charge.can_afford(prompt, output_max) {
                 done.incomplete = Some("max_cost");
                 return Ok(done);
@@ -505,7 +505,7 @@ impl Gateway {
             if turn["content"].is_null() {
                 turn["content"] = json!("");
             }
-            if let Some(Value::Array(messages)) = inner.body.get_mut("messages") {
+            if let Some(Value::Array(messages)) = inner.body_mut().get_mut("messages") {
                 messages.push(turn);
                 messages.extend(answers);
             }

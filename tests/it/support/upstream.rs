@@ -27,6 +27,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// The body as JSON (Null if it was not JSON).
     pub body: Value,
+    /// The body as it came.
+    pub raw: Bytes,
 }
 
 pub struct Upstream {
@@ -58,8 +60,11 @@ impl Upstream {
             let handler = handler.clone();
             let record = record.clone();
             async move {
-                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let request = Seen { headers, body };
+                let request = Seen {
+                    headers,
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    raw: body,
+                };
                 record.lock().unwrap().push(request.clone());
                 handler(request).await
             }
