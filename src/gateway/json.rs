@@ -64,6 +64,12 @@ impl<'a> RawObject<'a> {
         serde_json::from_slice(text)
     }
 
+    /// Whether a top-level key appears more than once.
+    pub fn has_repeated_keys(&self) -> bool {
+        let keys = &self.members;
+        (1..keys.len()).any(|i| keys[..i].iter().any(|(k, _)| k.0 == keys[i].0 .0))
+    }
+
     /// The raw value of a top-level key (the last one, if repeated).
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
         self.members
@@ -176,6 +182,14 @@ mod tests {
         let obj = RawObject::parse(br#"{"usage":{"a":1},"x":2}"#).unwrap();
         let out = obj.to_vec_with(&[("x", "0.000000123"), ("cost", "{}")]);
         assert_eq!(out, br#"{"usage":{"a":1},"x":0.000000123,"cost":{}}"#);
+    }
+
+    #[test]
+    fn tells_repeated_keys() {
+        let once = RawObject::parse(br#"{"a":1,"b":{"a":2},"c":3}"#).unwrap();
+        assert!(!once.has_repeated_keys());
+        let twice = RawObject::parse(br#"{"a":1,"b":2,"\u0061":3}"#).unwrap();
+        assert!(twice.has_repeated_keys());
     }
 
     #[test]

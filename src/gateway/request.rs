@@ -199,10 +199,14 @@ impl ChatRequest {
             }
             options["include_usage"] = Value::Bool(true);
         }
+        // A key the client repeated is sent once, as the gateway read it:
+        // an upstream that takes the first of two would otherwise see
+        // another request than the one checked and held for.
         if let Some(raw) = self
             .raw
             .as_deref()
             .and_then(|raw| RawObject::parse(raw).ok())
+            .filter(|raw| !raw.has_repeated_keys())
         {
             let model = serde_json::to_string(upstream_model).expect("a string always serializes");
             let mut edits = vec![("model", model.as_str())];
@@ -477,19 +481,33 @@ mod tests {
         let body =
             br#"{"model":"p/m", "models":["q/m"],"messages":[{"role":"user","content":"h\u00e9"}],
             "seed":123456789012345678901234567890,"temperature":1.50,"api_key":"k","stream":true,
-            "stream_options":{"x":1},"provider":{"order":["q"]},"model":"p/m","api_key":"k2"}"#;
+            "stream_options":{"x":1},"provider":{"order":["q"]}}"#;
         let mut req = ChatRequest::parse(body).unwrap();
         let up = req.upstream_body("m-up", true);
         let expected = concat!(
             r#"{"model":"m-up","messages":[{"role":"user","content":"h\u00e9"}],"#,
             r#""seed":123456789012345678901234567890,"temperature":1.50,"stream":true,"#,
-            r#""stream_options":{"x":1,"include_usage":true},"model":"m-up"}"#
+            r#""stream_options":{"x":1,"include_usage":true}}"#
         );
         assert_eq!(std::str::from_utf8(&up).unwrap(), expected);
         // A second attempt at another model writes the body afresh.
         let again: Value = serde_json::from_slice(&req.upstream_body("m2", false)).unwrap();
         assert_eq!(again["model"], "m2");
         assert_eq!(again["stream_options"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn a_repeated_key_goes_upstream_once_as_read() {
+        let body =
+            br#"{"model":"p/m","messages":[{"role":"user"}],"max_tokens":9999,"max_tokens":5,
+            "api_key":"k","api_key":"k2","model":"p/m"}"#;
+        let mut req = ChatRequest::parse(body).unwrap();
+        assert_eq!(req.max_tokens, Some(5));
+        let up = req.upstream_body("m-up", false);
+        assert_eq!(
+            std::str::from_utf8(&up).unwrap(),
+            r#"{"model":"m-up","messages":[{"role":"user"}],"max_tokens":5}"#
+        );
     }
 
     #[test]
