@@ -24,7 +24,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$BENCH_DIR/run.sh"
 REQUESTS=${REQUESTS:-2000}
 # 0: the one-message body of run.sh; N: a system prompt and N question and
-# answer turns (1: about 1.8 KB, 60: about 75 KB).
+# answer turns (1: about 1.9 KB, 60: about 75 KB).
 TURNS=${TURNS:-0}
 CONNECTIONS=${CONNECTIONS:-4}
 WARMUP=${WARMUP:-600}

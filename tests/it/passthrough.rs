@@ -5,7 +5,9 @@
 use serde_json::{json, Value};
 
 use crate::support::upstream::{answer, completion};
-use crate::support::{client, post_chat, GatewayConfig, Sse, TestGateway, Upstream, UP_KEY};
+use crate::support::{
+    client, post_chat, post_chat_bytes, GatewayConfig, Sse, TestGateway, Upstream, UP_KEY,
+};
 
 #[tokio::test]
 async fn unknown_fields_reach_the_upstream_unchanged_and_redirect_fields_never_do() {
@@ -56,13 +58,7 @@ async fn values_reach_the_upstream_byte_for_byte() {
         r#" "seed": 123456789012345678901234567890, "temperature": 1.50, "top_p": 1e0,"#,
         r#" "models": ["up/m"], "api_key": "sk-client-supplied"}"#
     );
-    let response = client()
-        .post(gw.url("/api/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat_bytes(&gw, body).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 
     let got = upstream.only_request().raw;

@@ -97,21 +97,28 @@ pub struct ErrorReply {
     pub error: Value,
 }
 
-/// Reads an error response and checks the envelope's shape:
-/// `{"error": {"message", "type", "code", "param", "reqId"}}`, JSON
-/// content type, and `reqId` equal to the `x-request-id` header.
-/// Posts `body` as-is to the chat endpoint and reads the error reply.
-pub async fn post_chat_raw(gw: &TestGateway, body: impl Into<reqwest::Body>) -> ErrorReply {
-    let response = client()
+/// Posts `body` as-is (JSON, or not) to the chat endpoint.
+pub async fn post_chat_bytes(
+    gw: &TestGateway,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client()
         .post(gw.url("/api/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
-        .unwrap();
-    error_reply(response).await
+        .expect("request reaches the gateway")
 }
 
+/// Posts `body` as-is to the chat endpoint and reads the error reply.
+pub async fn post_chat_raw(gw: &TestGateway, body: impl Into<reqwest::Body>) -> ErrorReply {
+    error_reply(post_chat_bytes(gw, body).await).await
+}
+
+/// Reads an error response and checks the envelope's shape:
+/// `{"error": {"message", "type", "code", "param", "reqId"}}`, JSON
+/// content type, and `reqId` equal to the `x-request-id` header.
 pub async fn error_reply(response: reqwest::Response) -> ErrorReply {
     let status = response.status();
     let headers = response.headers().clone();
