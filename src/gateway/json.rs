@@ -64,10 +64,15 @@ impl<'a> RawObject<'a> {
         serde_json::from_slice(text)
     }
 
-    /// Whether a top-level key appears more than once.
+    /// Whether a top-level key appears more than once. Linear in the
+    /// number of members (a client chooses it).
     pub fn has_repeated_keys(&self) -> bool {
         let keys = &self.members;
-        (1..keys.len()).any(|i| keys[..i].iter().any(|(k, _)| k.0 == keys[i].0 .0))
+        if keys.len() <= 16 {
+            return (1..keys.len()).any(|i| keys[..i].iter().any(|(k, _)| k.0 == keys[i].0 .0));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        keys.iter().any(|(k, _)| !seen.insert(k.0.as_ref()))
     }
 
     /// The raw value of a top-level key (the last one, if repeated).
@@ -190,6 +195,16 @@ mod tests {
         assert!(!once.has_repeated_keys());
         let twice = RawObject::parse(br#"{"a":1,"b":2,"\u0061":3}"#).unwrap();
         assert!(twice.has_repeated_keys());
+        // Many members: each key once, then the first one again.
+        let members: Vec<String> = (0..5000).map(|i| format!("\"k{i}\":{i}")).collect();
+        let many = format!("{{{}}}", members.join(","));
+        assert!(!RawObject::parse(many.as_bytes())
+            .unwrap()
+            .has_repeated_keys());
+        let again = format!("{{{},\"k0\":1}}", members.join(","));
+        assert!(RawObject::parse(again.as_bytes())
+            .unwrap()
+            .has_repeated_keys());
     }
 
     #[test]
