@@ -540,20 +540,18 @@ pub fn relay<R: EventRelay>(
 /// A stream whose upstream finished (`[DONE]`) before any content: the
 /// frames it did send (if any), then the relay's closing frames.
 pub fn finished<R: EventRelay>(
-    mut relay: R,
+    relay: R,
     frames: Bytes,
     ctx: RequestContext,
-    mut charge: Charge,
+    charge: Charge,
 ) -> BoxStream<'static, Bytes> {
     async_stream::stream! {
         if !frames.is_empty() {
             yield frames;
         }
-        let usage = relay.usage();
-        charge.set_usage(usage);
-        ctx.record.update(|r| { r.usage = usage; r.outcome = Outcome::Completed; });
-        charge.finish(200, "ok", None).await;
-        yield relay.end(None, &ctx.request_id).await;
+        // Nothing was delivered before the end, so `close` settles what
+        // the usage says, as for any stream that ends well.
+        yield close(relay, charge, Step::Done, ctx).await;
     }
     .boxed()
 }

@@ -178,6 +178,38 @@ fn fine_stream() -> Vec<Play> {
 }
 
 #[tokio::test]
+async fn a_stream_that_ends_before_any_content_is_settled_at_its_usage() {
+    // A role chunk and the usage, then [DONE]: the answer is over before
+    // any content came.
+    let role = json!({"id": "chatcmpl-up-1", "object": "chat.completion.chunk", "created": 1,
+        "model": "m-upstream",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
+    let upstream = Upstream::sse(vec![
+        Play::Data(role.to_string()),
+        Play::Data(usage_chunk(5, 0)),
+        Play::Data("[DONE]".into()),
+    ])
+    .await;
+    let gw = TestGateway::with(&priced(&upstream.base_url)).await;
+    let initial = 1_000_000_000;
+    let (id, key) = limited_key(&gw, initial).await;
+    let reply = keyed(&key)
+        .post(gw.url("/api/v1/chat/completions"))
+        .json(&chat_body("up/m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let text = reply.text().await.unwrap();
+    assert!(text.contains(r#""role":"assistant""#), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    gw.holds_drain().await;
+    let cost = PRICING.raw_cost(5, 0);
+    assert_eq!(gw.balance(&id).await, initial - cost);
+    assert_eq!(gw.ledger_sum(&id).await, initial - cost);
+}
+
+#[tokio::test]
 async fn cr03_the_hold_is_released_on_every_way_out() {
     let upstream = Upstream::start(|req| async move {
         let script = match req.body["messages"][0]["content"].as_str().unwrap_or("") {
