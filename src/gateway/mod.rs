@@ -913,7 +913,10 @@ impl Gateway {
         let call = ChatCall {
             body,
             stream,
-            default_max_tokens: max_output_tokens(None, model),
+            // What an API that requires a limit is sent when the request
+            // names none: the model's own cap on output, never its context
+            // length, which such an API refuses as a limit on output.
+            default_max_tokens: model.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT),
             api,
         };
         charge.mark_sent();

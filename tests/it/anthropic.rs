@@ -53,8 +53,22 @@ fn violation(req: &Seen) -> Option<String> {
     {
         return Some(format!("{k}: Extra inputs are not permitted"));
     }
-    if b["max_tokens"].as_u64().unwrap_or(0) == 0 {
-        return Some("max_tokens: Field required".into());
+    match b["max_tokens"].as_u64().unwrap_or(0) {
+        0 => return Some("max_tokens: Field required".into()),
+        n if n > 64_000 => {
+            return Some(format!(
+                "max_tokens: {n} > 64000, which is the maximum allowed number of output tokens"
+            ))
+        }
+        _ => {}
+    }
+    if let Some(stop) = b["stop_sequences"].as_array() {
+        if stop
+            .iter()
+            .any(|s| s.as_str().is_none_or(|s| s.trim().is_empty()))
+        {
+            return Some("stop_sequences: each stop sequence must contain non-whitespace".into());
+        }
     }
     let messages = b["messages"].as_array()?;
     if messages.first()?["role"] != "user" {
@@ -89,6 +103,11 @@ fn violation(req: &Seen) -> Option<String> {
                     }
                     uses.push(block["id"].as_str()?.to_string());
                     seen_other = true;
+                }
+                "text" if block["text"].as_str()?.trim().is_empty() => {
+                    return Some(
+                        "messages: text content blocks must contain non-whitespace text".into(),
+                    )
                 }
                 "text" | "image" => seen_other = true,
                 other => return Some(format!("unknown block type {other}")),
@@ -209,13 +228,15 @@ async fn messages_api() -> Upstream {
 
 async fn gateway(upstream: &Upstream) -> TestGateway {
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"{KEY_ENV}\"\nbackoff_base = \"10ms\"\n\n[[models]]\nid = \"anthropic/claude-sonnet-4-5\"\nupstream = \"claude-sonnet-4-5-20250929\"\nprompt_price = \"3\"\ncompletion_price = \"15\"\nmax_output_tokens = 8192\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"{KEY_ENV}\"\nbackoff_base = \"10ms\"\n\n[[models]]\nid = \"anthropic/claude-sonnet-4-5\"\nupstream = \"claude-sonnet-4-5-20250929\"\nprompt_price = \"3\"\ncompletion_price = \"15\"\nmax_output_tokens = 8192\n\n[[models]]\nid = \"{LONG}\"\nupstream = \"claude-long\"\nprompt_price = \"3\"\ncompletion_price = \"15\"\ncontext_length = 200000\n",
         upstream.base_url
     );
     TestGateway::start_with_env(&toml, &[(KEY_ENV, KEY)]).await
 }
 
 const MODEL: &str = "anthropic/claude-sonnet-4-5";
+/// A model configured with its context length and no cap on output.
+const LONG: &str = "anthropic/claude-long";
 
 fn ask(text: &str, stream: bool) -> Value {
     let mut body = chat_body(MODEL, stream);
@@ -317,6 +338,50 @@ async fn a_tool_call_round_trip_passes_the_api_rules() {
     assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
     assert_eq!(sent["messages"][2]["content"][0]["type"], "tool_result");
     assert_eq!(sent["messages"][2]["content"][1]["text"], "and tomorrow?");
+}
+
+#[tokio::test]
+async fn claudes_own_blank_text_before_a_tool_call_can_be_sent_back() {
+    // Claude may answer "\n\n" and a tool call; the client sends both back
+    // with the tool's result, and the Messages API refuses blank text.
+    let upstream = messages_api().await;
+    let gw = gateway(&upstream).await;
+    let mut next = with_tool(ask("tool", false));
+    let messages = next["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": "\n\n", "tool_calls": [{"id": "toolu_01",
+        "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]}));
+    messages.push(json!({"role": "tool", "tool_call_id": "toolu_01", "content": "18°C, sunny"}));
+    messages.push(json!({"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "thanks"}]}));
+    let reply = post_chat(&gw, &next).await;
+    assert_eq!(reply.status(), 200, "{}", reply.text().await.unwrap());
+    let sent = &upstream.seen()[0].body;
+    assert_eq!(
+        sent["messages"][1]["content"],
+        json!([{"type": "tool_use", "id": "toolu_01", "name": "weather", "input": {"city": "Paris"}}])
+    );
+}
+
+#[tokio::test]
+async fn a_model_with_only_a_context_length_is_sent_a_limit_the_api_takes() {
+    let upstream = messages_api().await;
+    let gw = gateway(&upstream).await;
+    let mut body = ask("hi", false);
+    body["model"] = json!(LONG);
+    let reply = post_chat(&gw, &body).await;
+    assert_eq!(reply.status(), 200, "{}", reply.text().await.unwrap());
+    assert_eq!(upstream.seen()[0].body["max_tokens"], 4096);
+}
+
+#[tokio::test]
+async fn a_whitespace_stop_sequence_is_refused_by_its_own_name() {
+    let upstream = messages_api().await;
+    let gw = gateway(&upstream).await;
+    let mut body = ask("hi", false);
+    body["stop"] = json!(["\n"]);
+    let e = error_reply(post_chat(&gw, &body).await).await;
+    assert_eq!(e.status, 400);
+    assert_eq!(e.error["param"], "stop");
+    assert!(upstream.seen().is_empty(), "no call was made");
 }
 
 #[tokio::test]

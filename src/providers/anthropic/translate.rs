@@ -78,20 +78,8 @@ pub fn request(
     if let Some(p) = body.get("top_p").filter(|v| !v.is_null()) {
         out.insert("top_p".into(), p.clone());
     }
-    match body.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        Some(_) => {
-            return Err(refuse(
-                "stop",
-                "`stop` must be a string or an array of strings.",
-            ))
-        }
+    if let Some(stop) = stop_sequences(body.get("stop"))? {
+        out.insert("stop_sequences".into(), stop);
     }
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(refuse(
@@ -121,6 +109,34 @@ pub fn request(
         out.insert("stream".into(), Value::Bool(true));
     }
     Ok(Value::Object(out))
+}
+
+/// `stop` → `stop_sequences`. The Messages API refuses a sequence of
+/// whitespace alone (such as `"\n"`), so the gateway refuses it first,
+/// naming the client's own field.
+fn stop_sequences(stop: Option<&Value>) -> Result<Option<Value>, Untranslatable> {
+    let list = match stop {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| refuse("stop", "`stop` must be a string or an array of strings."))?,
+        Some(_) => {
+            return Err(refuse(
+                "stop",
+                "`stop` must be a string or an array of strings.",
+            ))
+        }
+    };
+    if list.iter().any(|s| s.trim().is_empty()) {
+        return Err(refuse(
+            "stop",
+            "This model takes stop sequences that contain a character other than whitespace. Remove the empty or whitespace-only ones from stop.",
+        ));
+    }
+    Ok((!list.is_empty()).then(|| json!(list)))
 }
 
 fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Untranslatable> {
@@ -192,7 +208,10 @@ fn messages(messages: Option<&Value>) -> Result<(Vec<String>, Vec<Value>), Untra
         let at = format!("messages[{i}]");
         let (role, blocks) = match role {
             "system" | "developer" => {
-                system.push(text_of(m.get("content"), &at)?);
+                let text = text_of(m.get("content"), &at)?;
+                if !is_blank(&text) {
+                    system.push(text);
+                }
                 continue;
             }
             "user" => ("user", user_blocks(m.get("content"), &at)?),
@@ -226,11 +245,25 @@ fn messages(messages: Option<&Value>) -> Result<(Vec<String>, Vec<Value>), Untra
             blocks.sort_by_key(|b| b.get("type").and_then(Value::as_str) != Some("tool_result"));
         }
     }
+    if turns.is_empty() {
+        return Err(refuse(
+            "messages",
+            "No user or assistant message has any content. Send at least one user message with text or an image.",
+        ));
+    }
     let turns = turns
         .into_iter()
         .map(|(role, content)| json!({"role": role, "content": content}))
         .collect();
     Ok((system, turns))
+}
+
+/// The Messages API refuses a text block that is empty or only
+/// whitespace, which Chat Completions allows (and Claude itself can
+/// answer `"\n\n"` before a tool call, which clients send back). Such
+/// blocks carry nothing, so they are left out.
+fn is_blank(text: &str) -> bool {
+    text.trim().is_empty()
 }
 
 /// The text of a message whose content is a string or text parts.
@@ -257,8 +290,12 @@ fn text_of(content: Option<&Value>, at: &str) -> Result<String, Untranslatable> 
 
 fn user_blocks(content: Option<&Value>, at: &str) -> Result<Vec<Value>, Untranslatable> {
     match content {
+        Some(Value::String(s)) if is_blank(s) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
-        Some(Value::Array(parts)) => parts.iter().map(|p| user_part(p, at)).collect(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| user_part(p, at).transpose())
+            .collect(),
         _ => Err(refuse(
             at,
             "`content` must be a string or an array of parts.",
@@ -266,17 +303,20 @@ fn user_blocks(content: Option<&Value>, at: &str) -> Result<Vec<Value>, Untransl
     }
 }
 
-fn user_part(part: &Value, at: &str) -> Result<Value, Untranslatable> {
+/// A user content part as a block; `None` for a blank text part.
+fn user_part(part: &Value, at: &str) -> Result<Option<Value>, Untranslatable> {
     match part.get("type").and_then(Value::as_str) {
-        Some("text") => {
-            Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(json!(""))}))
-        }
+        Some("text") => match part.get("text") {
+            Some(Value::String(t)) if is_blank(t) => Ok(None),
+            Some(Value::String(t)) => Ok(Some(json!({"type": "text", "text": t}))),
+            _ => Err(refuse(at, "A text part needs its text as a string.")),
+        },
         Some("image_url") => {
             let url = part
                 .pointer("/image_url/url")
                 .and_then(Value::as_str)
                 .ok_or_else(|| refuse(at, "An image_url part needs image_url.url."))?;
-            Ok(image(url, at)?)
+            Ok(Some(image(url, at)?))
         }
         Some(other) => Err(refuse(
             at,
@@ -309,7 +349,7 @@ fn image(url: &str, at: &str) -> Result<Value, Untranslatable> {
 fn assistant_blocks(m: &Value, at: &str) -> Result<Vec<Value>, Untranslatable> {
     let mut blocks = Vec::new();
     let text = text_of(m.get("content"), at)?;
-    if !text.is_empty() {
+    if !is_blank(&text) {
         blocks.push(json!({"type": "text", "text": text}));
     }
     for call in m
@@ -342,7 +382,9 @@ fn assistant_blocks(m: &Value, at: &str) -> Result<Vec<Value>, Untranslatable> {
 fn finish_reason(stop: Option<&str>) -> Option<&'static str> {
     match stop? {
         "end_turn" | "stop_sequence" | "pause_turn" => Some("stop"),
-        "max_tokens" => Some("length"),
+        // The answer was cut: by max_tokens, or by the context window
+        // (which newer models report instead of failing the request).
+        "max_tokens" | "model_context_window_exceeded" => Some("length"),
         "tool_use" => Some("tool_calls"),
         "refusal" => Some("content_filter"),
         _ => Some("stop"),
@@ -417,6 +459,19 @@ pub enum Translated {
     Error(String),
 }
 
+/// A tool call's content block in a stream.
+struct ToolBlock {
+    /// The block's index among the message's content blocks.
+    block: u64,
+    /// The `input` its `content_block_start` carried: `{}` from the
+    /// Messages API, which streams the input as `input_json_delta`s.
+    input: Value,
+    /// Whether a delta has sent any of the arguments yet.
+    sent: bool,
+    /// Whether the block has ended.
+    done: bool,
+}
+
 /// Turns Messages stream events into `chat.completion.chunk`s.
 pub struct StreamTranslator {
     id: String,
@@ -424,8 +479,8 @@ pub struct StreamTranslator {
     created: u64,
     /// Input tokens from `message_start` (cache reads and writes included).
     start_usage: Value,
-    /// Index of each content block that is a tool call, in tool-call order.
-    tool_blocks: Vec<u64>,
+    /// The content blocks that are tool calls, in tool-call order.
+    tool_blocks: Vec<ToolBlock>,
     finish: Option<&'static str>,
 }
 
@@ -450,6 +505,27 @@ impl StreamTranslator {
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         })
         .to_string()
+    }
+
+    /// Ends tool call `n`. A call whose deltas sent no arguments (the
+    /// Messages API streams one empty `partial_json` for a tool without
+    /// input) gets its start's `input` as its arguments, `{}` at least,
+    /// as the same answer unstreamed has: an empty string is not JSON.
+    fn end_tool(&mut self, n: usize) -> Option<String> {
+        let tool = &mut self.tool_blocks[n];
+        if tool.done {
+            return None;
+        }
+        tool.done = true;
+        if tool.sent {
+            return None;
+        }
+        let arguments = match &tool.input {
+            Value::Object(input) => Value::Object(input.clone()).to_string(),
+            _ => "{}".to_string(),
+        };
+        let call = json!([{"index": n, "function": {"arguments": arguments}}]);
+        Some(self.chunk(json!({"tool_calls": call}), None))
     }
 
     pub fn on_event(&mut self, data: &str) -> Translated {
@@ -477,7 +553,12 @@ impl StreamTranslator {
                     return Translated::Chunks(Vec::new());
                 }
                 let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
-                self.tool_blocks.push(index);
+                self.tool_blocks.push(ToolBlock {
+                    block: index,
+                    input: block.get("input").cloned().unwrap_or(Value::Null),
+                    sent: false,
+                    done: false,
+                });
                 let call = json!([{
                     "index": self.tool_blocks.len() - 1,
                     "id": block.get("id"),
@@ -495,17 +576,35 @@ impl StreamTranslator {
                     )]),
                     Some("input_json_delta") => {
                         let block = event.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let Some(n) = self.tool_blocks.iter().position(|b| *b == block) else {
+                        let Some(n) = self.tool_blocks.iter().position(|b| b.block == block) else {
                             return Translated::Chunks(Vec::new());
                         };
-                        let call = json!([{"index": n, "function": {"arguments": delta.get("partial_json").cloned().unwrap_or(json!(""))}}]);
+                        let part = delta
+                            .get("partial_json")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        if part.is_empty() {
+                            return Translated::Chunks(Vec::new());
+                        }
+                        self.tool_blocks[n].sent = true;
+                        let call = json!([{"index": n, "function": {"arguments": part}}]);
                         Translated::Chunks(vec![self.chunk(json!({"tool_calls": call}), None)])
                     }
                     // Thinking and signatures have no Chat Completions form.
                     _ => Translated::Chunks(Vec::new()),
                 }
             }
+            "content_block_stop" => {
+                let block = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let n = self.tool_blocks.iter().position(|b| b.block == block);
+                Translated::Chunks(n.and_then(|n| self.end_tool(n)).into_iter().collect())
+            }
             "message_delta" => {
+                // A block the stream did not end (no `content_block_stop`)
+                // still needs its arguments before the finish.
+                let mut chunks: Vec<String> = (0..self.tool_blocks.len())
+                    .filter_map(|n| self.end_tool(n))
+                    .collect();
                 self.finish =
                     finish_reason(event.pointer("/delta/stop_reason").and_then(Value::as_str));
                 let mut u = self.start_usage.clone();
@@ -519,10 +618,9 @@ impl StreamTranslator {
                     "model": self.model, "choices": [],
                 });
                 usage_chunk["usage"] = usage(&u);
-                Translated::Chunks(vec![
-                    self.chunk(json!({}), Some(self.finish.unwrap_or("stop"))),
-                    usage_chunk.to_string(),
-                ])
+                chunks.push(self.chunk(json!({}), Some(self.finish.unwrap_or("stop"))));
+                chunks.push(usage_chunk.to_string());
+                Translated::Chunks(chunks)
             }
             "message_stop" => Translated::Chunks(vec!["[DONE]".into()]),
             "ping" => Translated::Alive,
@@ -533,7 +631,7 @@ impl StreamTranslator {
                     .unwrap_or("the provider reported an error")
                     .to_string(),
             ),
-            // content_block_stop, and event types added later.
+            // Event types added later.
             _ => Translated::Chunks(Vec::new()),
         }
     }
@@ -765,6 +863,148 @@ mod tests {
             json!({"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42, "prompt_tokens_details": {"cached_tokens": 0}})
         );
         assert_eq!(out[9], json!("[DONE]"));
+    }
+
+    /// Every chunk the events give, as JSON (`[DONE]` as a string).
+    fn play(events: &[&str]) -> Vec<Value> {
+        let mut t = StreamTranslator::new(1);
+        let mut out = Vec::new();
+        for e in events {
+            if let Translated::Chunks(chunks) = t.on_event(e) {
+                out.extend(
+                    chunks
+                        .iter()
+                        .map(|c| serde_json::from_str(c).unwrap_or(json!(c))),
+                );
+            }
+        }
+        out
+    }
+
+    /// The arguments each streamed tool call adds up to.
+    fn arguments(chunks: &[Value]) -> Vec<String> {
+        let mut calls: Vec<String> = Vec::new();
+        for c in chunks {
+            for call in c["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let n = call["index"].as_u64().unwrap() as usize;
+                if calls.len() <= n {
+                    calls.resize(n + 1, String::new());
+                }
+                calls[n].push_str(call["function"]["arguments"].as_str().unwrap());
+            }
+        }
+        calls
+    }
+
+    #[test]
+    fn a_streamed_tool_call_without_input_has_empty_object_arguments() {
+        // What the Messages API streams for a tool that takes no input:
+        // `input: {}` at the start, then one empty `partial_json`.
+        let chunks = play(&[
+            r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"now","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+            r#"{"type":"message_stop"}"#,
+        ]);
+        assert_eq!(arguments(&chunks), ["{}"]);
+        // The call's start (name, empty arguments), then its `{}`: the
+        // empty `partial_json` makes no chunk of its own.
+        let pieces: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0].get("function"))
+            .map(|f| &f["arguments"])
+            .collect();
+        assert_eq!(pieces, [&json!(""), &json!("{}")]);
+        let finish = chunks
+            .iter()
+            .find(|c| !c["choices"][0]["finish_reason"].is_null())
+            .unwrap();
+        assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn a_tool_input_given_at_the_start_is_the_arguments() {
+        // An upstream that sends the whole input in `content_block_start`
+        // and no deltas, and ends without `content_block_stop`.
+        let chunks = play(&[
+            r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"get","input":{"q":"a"}}}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_2","name":"get","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"q\":"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"b\"}"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+        ]);
+        assert_eq!(arguments(&chunks), [r#"{"q":"a"}"#, r#"{"q":"b"}"#]);
+        // The arguments come before the finish.
+        let last = chunks.len() - 1;
+        assert_eq!(
+            chunks[last - 1]["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+    }
+
+    #[test]
+    fn blank_text_is_left_out_of_the_messages() {
+        // Claude's own "\n\n" before a tool call, sent back by the client,
+        // and empty user text: the Messages API refuses blank blocks.
+        let out = req(json!({"messages": [
+            {"role": "system", "content": " "},
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": "\n\n", "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "get", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "sun"},
+            {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "thanks"}]},
+            {"role": "user", "content": ""}]}))
+        .unwrap();
+        assert!(out.get("system").is_none());
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "get", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sun"},
+                    {"type": "text", "text": "thanks"}]},
+            ])
+        );
+        let empty = req(json!({"messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "  "}]}));
+        assert_eq!(empty.unwrap_err().param.as_deref(), Some("messages"));
+    }
+
+    #[test]
+    fn stop_sequences_of_whitespace_are_refused_by_their_own_name() {
+        for stop in [json!("\n"), json!(["END", " "]), json!([""]), json!([1])] {
+            let e = req(json!({"stop": stop, "messages": [{"role": "user", "content": "x"}]}))
+                .unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("stop"), "{stop}");
+        }
+        let out =
+            req(json!({"stop": ["END", "\nQ:"], "messages": [{"role": "user", "content": "x"}]}))
+                .unwrap();
+        assert_eq!(out["stop_sequences"], json!(["END", "\nQ:"]));
+        let out = req(json!({"stop": [], "messages": [{"role": "user", "content": "x"}]})).unwrap();
+        assert!(out.get("stop_sequences").is_none());
+    }
+
+    #[test]
+    fn an_answer_cut_by_the_context_window_is_length() {
+        assert_eq!(
+            finish_reason(Some("model_context_window_exceeded")),
+            Some("length")
+        );
+        let chunks = play(&[
+            r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":1}}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"model_context_window_exceeded"},"usage":{"output_tokens":5}}"#,
+        ]);
+        assert_eq!(chunks[1]["choices"][0]["finish_reason"], "length");
     }
 
     #[test]
