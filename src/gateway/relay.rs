@@ -58,33 +58,51 @@ pub enum Step {
 /// clients rely on, for one choice.
 #[derive(Debug, Default)]
 struct ToolCalls {
-    /// The upstream's `index` (or None when it sent none) of each call seen.
-    seen: Vec<Option<u64>>,
+    /// Each call seen: the upstream's `index` (None when it sent none) and
+    /// the call's `id`.
+    seen: Vec<(Option<u64>, Option<String>)>,
 }
 
 impl ToolCalls {
     fn normalize(&mut self, call: &mut Map<String, Value>) {
         let upstream_index = call.get("index").and_then(Value::as_u64);
-        let starts_call = call.contains_key("id");
-        let known = match upstream_index {
-            Some(i) => self.seen.iter().position(|s| *s == Some(i)),
-            // No index: a delta with an id starts a call, one without
-            // continues the latest.
-            None if starts_call => None,
+        let id = call
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty());
+        // The latest call at the upstream's index (or, with no index, the
+        // latest call) continues, unless the delta names another call: some
+        // servers number each chunk's calls from 0, or repeat the id on
+        // every delta of a call.
+        let latest = match upstream_index {
+            Some(i) => self.seen.iter().rposition(|(s, _)| *s == Some(i)),
             None => self.seen.len().checked_sub(1),
         };
+        let known = latest.filter(|&n| match (id, &self.seen[n].1) {
+            (Some(new), Some(old)) => new == old,
+            (Some(_), None) => upstream_index.is_some(),
+            (None, _) => true,
+        });
         if known.is_none() && self.seen.len() >= MAX_TOOL_CALLS {
             // Past any real answer's size: pass the delta on untouched
             // rather than let the upstream grow our state.
             return;
         }
-        let index = known.unwrap_or_else(|| {
-            self.seen.push(upstream_index);
-            if !call.contains_key("type") {
-                call.insert("type".into(), json!("function"));
+        let index = match known {
+            Some(n) => {
+                if self.seen[n].1.is_none() {
+                    self.seen[n].1 = id.map(str::to_string);
+                }
+                n
             }
-            self.seen.len() - 1
-        });
+            None => {
+                self.seen.push((upstream_index, id.map(str::to_string)));
+                if call.get("type").is_none_or(Value::is_null) {
+                    call.insert("type".into(), json!("function"));
+                }
+                self.seen.len() - 1
+            }
+        };
         call.insert("index".into(), json!(index));
     }
 }
@@ -93,8 +111,10 @@ pub struct ChunkRelay {
     provider: Arc<str>,
     public_model: Arc<str>,
     client_wants_usage: bool,
-    /// A choice has reported its `finish_reason`.
-    finished: bool,
+    /// The choices seen (bit `i` for choice `i`, below `MAX_CHOICES`).
+    choices: u128,
+    /// The choices that have reported their `finish_reason`.
+    finished: u128,
     id: Option<String>,
     created: Option<Value>,
     usage: Option<Usage>,
@@ -163,7 +183,8 @@ impl ChunkRelay {
             provider: provider.into(),
             public_model: public_model.into(),
             client_wants_usage,
-            finished: false,
+            choices: 0,
+            finished: 0,
             id: None,
             created: None,
             usage: None,
@@ -186,7 +207,7 @@ impl ChunkRelay {
     /// Whether the client has been given real content (text, a tool
     /// call) or the answer's end: from then on the answer is committed.
     pub fn has_content(&self) -> bool {
-        self.delivered.pieces > 0 || self.finished
+        self.delivered.pieces > 0 || self.finished != 0
     }
 
     /// Reads one upstream event: the chunk with the public model id (its
@@ -263,9 +284,6 @@ impl ChunkRelay {
     }
 
     fn inspect_choice(&mut self, choice: &mut Value) {
-        if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
-            self.finished = true;
-        }
         if let Some(delta) = choice.get("delta") {
             self.delivered.add_choice(delta);
         }
@@ -274,6 +292,10 @@ impl ChunkRelay {
         let Some(slot) = usize::try_from(slot).ok().filter(|s| *s < MAX_CHOICES) else {
             return;
         };
+        self.choices |= 1 << slot;
+        if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+            self.finished |= 1 << slot;
+        }
         let Some(Value::Array(calls)) = choice.pointer_mut("/delta/tool_calls") else {
             return;
         };
@@ -285,9 +307,10 @@ impl ChunkRelay {
         }
     }
 
-    /// The upstream closed its stream: fine only if the answer had finished.
+    /// The upstream closed its stream: fine only if the answer had
+    /// finished, every choice of it (`n` > 1 streams them side by side).
     pub fn eof(&self) -> Step {
-        if self.finished {
+        if self.finished != 0 && self.finished == self.choices {
             Step::Done
         } else {
             Step::Fail(upstream_error(
@@ -493,6 +516,11 @@ pub fn relay<R: EventRelay>(
                 biased;
                 event = events.next() => {
                     last_event = Instant::now();
+                    // Checked here too: while events keep coming, the
+                    // timer's branch may never run.
+                    if last_event >= deadline {
+                        break too_long(limits.max_duration);
+                    }
                     let step = match event {
                         Some(Ok(data)) => relay.on_event(&data),
                         Some(Err(e)) => Step::Fail(upstream_error(relay.provider(), e)),
@@ -512,10 +540,7 @@ pub fn relay<R: EventRelay>(
                 _ = sleep_until(wake) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        break Step::Fail(GatewayError::unavailable(
-                            "stream_too_long",
-                            format!("The stream reached the gateway's limit of {:?} and was ended.", limits.max_duration),
-                        ));
+                        break too_long(limits.max_duration);
                     }
                     if now >= idle_at {
                         break Step::Fail(upstream_error(
@@ -535,6 +560,14 @@ pub fn relay<R: EventRelay>(
         yield Box::pin(close(relay, charge, step, ctx)).await;
     }
     .boxed()
+}
+
+/// How a stream that reached `max_stream_duration` ends.
+fn too_long(max_duration: Duration) -> Step {
+    Step::Fail(GatewayError::unavailable(
+        "stream_too_long",
+        format!("The stream reached the gateway's limit of {max_duration:?} and was ended."),
+    ))
 }
 
 /// A stream whose upstream finished (`[DONE]`) before any content: the
@@ -662,6 +695,46 @@ mod tests {
             calls[1].get("type").is_none(),
             "only a call's first delta gets type"
         );
+    }
+
+    #[test]
+    fn a_new_call_at_a_reused_upstream_index_gets_an_index_of_its_own() {
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        let deltas = [
+            // An upstream that numbers each chunk's calls from 0.
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"a","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_2","type":null,"function":{"name":"b","arguments":""}}]}}]}"#,
+            // The same id repeated on a later delta continues that call;
+            // an empty id names no call.
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_2","function":{"arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"","function":{"arguments":" "}}]}}]}"#,
+            // No index: an id repeated on every delta, then a null id.
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_3","function":{"name":"c","arguments":"{"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_3","function":{"arguments":"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":null,"function":{"arguments":""}}]}}]}"#,
+        ];
+        let calls: Vec<Value> = deltas
+            .iter()
+            .map(|d| payload(r.on_event(d))["choices"][0]["delta"]["tool_calls"][0].clone())
+            .collect();
+        let indexes: Vec<u64> = calls.iter().map(|c| c["index"].as_u64().unwrap()).collect();
+        assert_eq!(indexes, [0, 1, 1, 1, 2, 2, 2]);
+        assert_eq!(calls[1]["type"], "function", "a null type is filled in");
+        assert!(calls[2].get("type").is_none());
+    }
+
+    #[test]
+    fn a_stream_of_two_choices_ends_well_only_when_both_finished() {
+        let first = r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null},{"index":1,"delta":{"content":"b"},"finish_reason":null}]}"#;
+        let one_done = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        let both_done = r#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"}]}"#;
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        r.on_event(first);
+        r.on_event(one_done);
+        assert!(r.has_content());
+        assert!(matches!(r.eof(), Step::Fail(_)), "choice 1 was cut");
+        r.on_event(both_done);
+        assert!(matches!(r.eof(), Step::Done));
     }
 
     #[test]

@@ -264,18 +264,29 @@ fn fallbacks(value: Option<Value>, model: &str) -> Result<Vec<String>, GatewayEr
     let Some(value) = value.filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };
+    let Value::Array(items) = value else {
+        return Err(wrong_type("models", "an array of strings"));
+    };
+    // The list stops at the first id past the limit, so that its length
+    // (the client's choice) never multiplies the work of the check for
+    // repeats.
     let mut out: Vec<String> = Vec::new();
-    for id in strings(&value, "models")? {
-        if id != model && !out.contains(&id) {
-            out.push(id);
+    for item in items {
+        let id = match item {
+            Value::String(s) if !s.trim().is_empty() => s,
+            _ => return Err(wrong_type("models", "an array of non-empty strings")),
+        };
+        if id == model || out.contains(&id) {
+            continue;
         }
-    }
-    if out.len() > MAX_FALLBACKS {
-        return Err(GatewayError::bad_request(
-            "too_many_models",
-            format!("`models` lists {} fallback models; at most {MAX_FALLBACKS} are tried. Shorten the list.", out.len()),
-            Some("models"),
-        ));
+        if out.len() == MAX_FALLBACKS {
+            return Err(GatewayError::bad_request(
+                "too_many_models",
+                format!("`models` lists more than {MAX_FALLBACKS} fallback models, and at most {MAX_FALLBACKS} are tried. Shorten the list."),
+                Some("models"),
+            ));
+        }
+        out.push(id);
     }
     Ok(out)
 }
@@ -402,6 +413,41 @@ mod tests {
 
     fn parse(v: Value) -> Result<ChatRequest, GatewayError> {
         ChatRequest::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn fallback_models_are_capped_and_deduplicated() {
+        let models: Vec<String> = (0..8).map(|i| format!("p/m{i}")).collect();
+        let mut listed = models.clone();
+        listed.extend(["p/main".to_string(), "p/m0".to_string()]);
+        let ok = parse(
+            json!({"model": "p/main", "messages": [{"role": "user", "content": "x"}],
+            "models": listed}),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.fallbacks, models,
+            "the model itself and repeats are left out"
+        );
+        // A list of any length costs no more than its first nine ids: the
+        // ninth distinct one is refused (it once took N² comparisons).
+        let many: Vec<String> = (0..200_000).map(|i| format!("p/m{i}")).collect();
+        let e = parse(
+            json!({"model": "p/main", "messages": [{"role": "user", "content": "x"}],
+            "models": many}),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, "too_many_models");
+        assert_eq!(e.param.as_deref(), Some("models"));
+        // Wrong types are still named.
+        let e = parse(
+            json!({"model": "p/main", "messages": [{"role": "user", "content": "x"}],
+            "models": ["p/a", 3]}),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.param.as_deref(), Some("models"));
     }
 
     #[test]

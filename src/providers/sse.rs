@@ -1,9 +1,11 @@
 //! Upstream server-sent events: bytes in, event data out.
 //!
-//! Parsing is eventsource-stream's. This module adds the two things it does
-//! not do: a bound on how large one event may grow (an upstream that never
-//! ends an event must not exhaust memory), and mapping `event: error` and
-//! transport failures into `ProviderError`.
+//! Parsing is eventsource-stream's. This module adds what it does not do:
+//! a bound on how large one event may grow (an upstream that never ends an
+//! event must not exhaust memory), failing at the first byte that is not
+//! UTF-8 (eventsource-stream keeps it, and everything after it, waiting
+//! for the rest of a character that never comes, until the upstream ends),
+//! and mapping `event: error` and transport failures into `ProviderError`.
 
 use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
@@ -14,10 +16,13 @@ use super::{EventStream, ProviderError};
 /// The most bytes one event may span before the stream is declared broken.
 pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
-/// Counts bytes since the last blank line (the end of an event).
+/// Counts bytes since the last blank line (the end of an event). A line
+/// ends with CRLF, LF or CR, as the SSE grammar allows.
 pub(crate) struct EventSizeGuard {
     since_boundary: usize,
     after_newline: bool,
+    /// The last byte was a CR, so an LF now ends no other line.
+    after_cr: bool,
     limit: usize,
 }
 
@@ -32,6 +37,7 @@ impl EventSizeGuard {
         Self {
             since_boundary: 0,
             after_newline: false,
+            after_cr: false,
             limit,
         }
     }
@@ -40,16 +46,53 @@ impl EventSizeGuard {
     pub(crate) fn admit(&mut self, chunk: &[u8]) -> bool {
         for &b in chunk {
             match b {
-                b'\n' if self.after_newline => self.since_boundary = 0,
-                b'\n' => self.after_newline = true,
-                b'\r' => {}
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    if self.after_newline {
+                        self.since_boundary = 0;
+                    }
+                    self.after_newline = true;
+                    self.after_cr = b == b'\r';
+                }
                 _ => {
                     self.after_newline = false;
+                    self.after_cr = false;
                     self.since_boundary += 1;
                 }
             }
         }
         self.since_boundary <= self.limit
+    }
+}
+
+/// Checks that a body split into chunks is UTF-8: a character split
+/// between two chunks waits for the rest of it; a byte that can begin no
+/// character fails at once.
+#[derive(Default)]
+pub(crate) struct Utf8Guard {
+    /// The start of a character the last chunk ended in (at most 3 bytes).
+    pending: Vec<u8>,
+}
+
+impl Utf8Guard {
+    pub(crate) fn admit(&mut self, chunk: &[u8]) -> bool {
+        let joined;
+        let bytes = if self.pending.is_empty() {
+            chunk
+        } else {
+            let mut both = std::mem::take(&mut self.pending);
+            both.extend_from_slice(chunk);
+            joined = both;
+            &joined[..]
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                self.pending = bytes[e.valid_up_to()..].to_vec();
+                true
+            }
+        }
     }
 }
 
@@ -60,11 +103,15 @@ where
     E: std::fmt::Display + Send + 'static,
 {
     let mut guard = EventSizeGuard::default();
+    let mut utf8 = Utf8Guard::default();
     let bounded = body.map(move |chunk| match chunk {
-        Ok(bytes) if guard.admit(&bytes) => Ok(bytes),
-        Ok(_) => Err(ProviderError::Decode(format!(
+        Ok(bytes) if !guard.admit(&bytes) => Err(ProviderError::Decode(format!(
             "an event grew past {MAX_EVENT_BYTES} bytes"
         ))),
+        Ok(bytes) if !utf8.admit(&bytes) => Err(ProviderError::Decode(
+            "the stream is not valid UTF-8".into(),
+        )),
+        Ok(bytes) => Ok(bytes),
         Err(e) => Err(ProviderError::Transport(e.to_string())),
     });
     bounded
@@ -102,6 +149,58 @@ mod tests {
         assert_eq!(g.since_boundary, 0);
         assert!(g.admit(b"data: c\n"));
         assert_eq!(g.since_boundary, 7);
+    }
+
+    #[test]
+    fn size_guard_takes_any_line_end() {
+        let mut g = EventSizeGuard::new(10);
+        // CR alone ends lines too: a stream framed that way never adds up.
+        for _ in 0..100 {
+            assert!(g.admit(b"data: 12\r\r"));
+        }
+        assert_eq!(g.since_boundary, 0);
+        // CRLF is one line end: one CRLF is not a blank line.
+        let mut g = EventSizeGuard::new(14);
+        assert!(g.admit(b"data: 1\r\ndata: 2"));
+        assert_eq!(g.since_boundary, 14);
+        assert!(!g.admit(b"3"), "past the limit of 14");
+        // LF CR ends an event as well.
+        let mut g = EventSizeGuard::new(10);
+        assert!(g.admit(b"data: 1\n\rdata: 2\n\n"));
+        assert_eq!(g.since_boundary, 0);
+    }
+
+    #[test]
+    fn utf8_guard_waits_for_split_characters_and_fails_bad_bytes() {
+        let mut g = Utf8Guard::default();
+        let cafe = "café €".as_bytes();
+        // Split inside é (2 bytes) and inside € (3 bytes).
+        assert!(g.admit(&cafe[..4]));
+        assert!(g.admit(&cafe[4..8]));
+        assert!(g.admit(&cafe[8..9]));
+        assert!(g.admit(&cafe[9..]));
+        assert!(g.pending.is_empty());
+        assert!(!Utf8Guard::default().admit(b"data: \xff\n\n"));
+        let mut g = Utf8Guard::default();
+        assert!(g.admit(b"data: \xe2\x82"));
+        assert!(!g.admit(b"x"), "a started character that does not go on");
+    }
+
+    #[tokio::test]
+    async fn a_bad_byte_fails_the_stream_at_once() {
+        // The stream goes on after the bad byte and never ends: the failure
+        // must come from the bad byte itself, not from the end.
+        let body = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"data: {\"a\":1}\n\n")),
+            Ok(Bytes::from_static(b"data: \"\xff\"\n\n")),
+        ])
+        .chain(futures::stream::pending());
+        let mut out = events(body);
+        assert_eq!(out.next().await.unwrap().unwrap(), "{\"a\":1}");
+        let failed = tokio::time::timeout(std::time::Duration::from_secs(5), out.next())
+            .await
+            .expect("the bad byte fails the stream without waiting for more");
+        assert!(matches!(failed, Some(Err(ProviderError::Decode(_)))));
     }
 
     #[test]

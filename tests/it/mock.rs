@@ -98,3 +98,32 @@ async fn mock_cut_stream_ends_with_the_error_event() {
         "some words came before the cut: {frames:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_stream_past_its_time_limit_ends_even_while_events_keep_coming() {
+    // mock/echo's events are ready the moment they are asked for, so the
+    // relay never waits on its upstream. A long answer, more than the
+    // sockets buffer, and a client that reads nothing for a while: the
+    // relay waits on the client past the limit, and when the client reads
+    // again the next event is always ready.
+    let config = EMBEDDED_DEFAULT.replace(
+        "max_stream_duration = \"30m\"",
+        "max_stream_duration = \"500ms\"",
+    );
+    assert_ne!(config, EMBEDDED_DEFAULT);
+    let gw = TestGateway::start(&config).await;
+    let words = 100_000;
+    let text = vec!["word"; words].join(" ");
+    let response = send(&gw, &ask("mock/echo", &text, true)).await;
+    let id = request_id(response.headers());
+    let mut sse = Sse::new(response);
+    assert!(sse.next_frame().await.is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let frames = sse.rest().await;
+    let error = assert_stream_failed(&frames, &id);
+    assert_eq!(error["code"], "stream_too_long");
+    assert!(
+        frames.len() < words,
+        "the stream was cut, not relayed to its end"
+    );
+}
