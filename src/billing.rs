@@ -170,7 +170,7 @@ impl Billing {
             searches: 0,
             search_cost: 0,
             mcp_calls: 0,
-            sent: false,
+            answered: false,
             _permit: permit,
             settled: false,
         })
@@ -227,7 +227,8 @@ pub struct Charge {
     search_cost: NanoUsd,
     /// MCP tool calls run for the request.
     mcp_calls: u32,
-    sent: bool,
+    /// The client has its 200: a stream's first frames are going out.
+    answered: bool,
     /// The key's concurrency slot, given back when the charge goes.
     _permit: Permit,
     settled: bool,
@@ -251,10 +252,11 @@ impl Charge {
         }
     }
 
-    /// Records that the request is going upstream. (The stored hold says
-    /// so from the start: see `Billing::open`.)
-    pub fn mark_sent(&mut self) {
-        self.sent = true;
+    /// Records that a stream's 200 and first frames are going out: from
+    /// then on, a client that leaves was answered (and a dropped charge is
+    /// settled as a 200 that ran as a stream), where before it was not.
+    pub fn mark_answered(&mut self) {
+        self.answered = true;
     }
 
     /// The usage the upstream reported (an explicit zero counts).
@@ -420,7 +422,7 @@ impl Drop for Charge {
         if self.settled {
             return;
         }
-        let status = if self.spec.streamed && self.sent {
+        let status = if self.spec.streamed && self.answered {
             200
         } else {
             499

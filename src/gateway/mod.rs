@@ -390,7 +390,10 @@ impl Gateway {
                 charge.finish(200, "ok", Some(&bytes)).await;
                 Ok(ChatOutcome::Complete(bytes))
             }
-            Ok(Reply::Stream(frames)) => Ok(ChatOutcome::Stream(frames(charge))),
+            Ok(Reply::Stream(frames)) => {
+                charge.mark_answered();
+                Ok(ChatOutcome::Stream(frames(charge)))
+            }
             Err(e) => {
                 charge.finish(e.kind.status(), e.code, None).await;
                 Err(e)
@@ -919,7 +922,6 @@ impl Gateway {
             default_max_tokens: model.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT),
             api,
         };
-        charge.mark_sent();
         let started = Instant::now();
         let limit = if stream {
             timeouts.first_byte

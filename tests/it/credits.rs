@@ -308,7 +308,9 @@ async fn cr03_a_panic_with_a_hold_open_still_settles_it() {
         let billing = billing.clone();
         let handler = tokio::spawn(async move {
             let mut charge = billing.open(spec, Permit::none()).await.unwrap();
-            charge.mark_sent();
+            if streamed {
+                charge.mark_answered();
+            }
             charge.set_delivered(delivered);
             panic!("a bug in the handler");
         });
@@ -635,7 +637,6 @@ async fn several_calls_and_searches_settle_as_one_charge_within_the_hold() {
             PRICING.raw_cost(10, 100) + extra_hold,
             "the hold covers the extra"
         );
-        charge.mark_sent();
         charge.set_usage(usage(10, 2));
         charge.bank_round();
         charge.add_search(search_price);

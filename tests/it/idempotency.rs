@@ -8,7 +8,8 @@ use futures::future::join_all;
 use mume_gateway::accounts::KeySpec;
 use serde_json::{json, Value};
 
-use crate::support::{chat_body, error_reply, keyed, TestGateway, Upstream};
+use crate::support::upstream::{chunk, finish_chunk, sse_response};
+use crate::support::{chat_body, content_of, error_reply, keyed, Play, Sse, TestGateway, Upstream};
 
 fn completion() -> Value {
     json!({
@@ -106,5 +107,47 @@ async fn a_failed_attempt_frees_its_idempotency_key() {
     gw.holds_drain().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(send().await.unwrap().status(), 503, "retried, not refused");
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_stream_left_before_its_first_content_frees_its_idempotency_key() {
+    // The first call never answers; the client gives up while the gateway
+    // still holds the 200. Nothing was delivered or billed, so a retry
+    // with the same key runs again.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = Upstream::start(move |_| {
+        let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        async move {
+            let script = match first {
+                true => vec![Play::Hang],
+                false => vec![
+                    Play::Data(chunk("again")),
+                    Play::Data(finish_chunk("stop")),
+                    Play::Data("[DONE]".into()),
+                ],
+            };
+            sse_response(script, None)
+        }
+    })
+    .await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    let send = |timeout: Duration| {
+        crate::support::client()
+            .post(gw.url("/api/v1/chat/completions"))
+            .header("Idempotency-Key", "left-early")
+            .timeout(timeout)
+            .json(&chat_body("up/m", true))
+            .send()
+    };
+    assert!(send(Duration::from_millis(300)).await.is_err(), "gave up");
+    // The gateway notices the client left, drops the upstream call and
+    // settles.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.holds_drain().await;
+    let retry = send(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(retry.status(), 200, "retried, not refused");
+    let frames = Sse::new(retry).rest().await;
+    assert_eq!(content_of(&frames), "again");
     assert_eq!(upstream.seen().len(), 2);
 }
