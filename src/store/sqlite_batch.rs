@@ -687,33 +687,50 @@ impl Drop for Shared {
 }
 
 /// `commit`, waiting up to `busy_timeout` for another connection's write
-/// lock (on a thread that may block). Returns the releases of orphaned
-/// holds.
+/// lock (on a thread that may block). Returns the operations to queue
+/// again: the releases of orphaned holds, and, if the lock stayed taken,
+/// the settlements and releases nobody waits for.
 fn commit_waiting(conn: &mut Conn, jobs: Vec<Job>, busy_timeout: Duration) -> Vec<Op> {
     if jobs.is_empty() {
         return Vec::new();
     }
     let _ = conn.busy_timeout(busy_timeout);
-    let releases = commit(conn, jobs).unwrap_or_else(|jobs| {
+    let again = commit(conn, jobs).unwrap_or_else(|jobs| {
         let busy = StoreError::Unavailable("the database stayed locked by another writer".into());
+        let mut again = Vec::new();
         for job in jobs {
-            let _ = job.answer(Err(busy.clone()));
+            // A settlement or release only gives credit back, and applying
+            // it again is safe (a hold settled is gone): tried again once
+            // the lock is free, rather than left to the sweeper, which
+            // would charge its hold in full. A hold is answered: its
+            // request waits, and fails as unavailable.
+            if job.reply.is_none() && !matches!(job.op, Op::Hold(_)) {
+                again.push(job.op);
+            } else {
+                let _ = job.answer(Err(busy.clone()));
+            }
         }
-        Vec::new()
+        again
     });
     let _ = conn.busy_timeout(Duration::ZERO);
-    releases
+    again
 }
 
-/// `commit_waiting`, and then the releases of its orphaned holds (when
-/// nothing will come after: the store is closing).
+/// `commit_waiting`, and then what it gives back (when nothing will come
+/// after: the store is closing).
 fn commit_all(conn: &mut Conn, jobs: Vec<Job>, busy_timeout: Duration) {
-    let releases = commit_waiting(conn, jobs, busy_timeout);
-    commit_waiting(
+    let again = commit_waiting(conn, jobs, busy_timeout);
+    let lost = commit_waiting(
         conn,
-        releases.into_iter().map(Job::detached).collect(),
+        again.into_iter().map(Job::detached).collect(),
         busy_timeout,
     );
+    if !lost.is_empty() {
+        tracing::error!(
+            operations = lost.len(),
+            "the database stayed locked while the store closed; the holds of these credit operations are left to the sweeper"
+        );
+    }
 }
 
 /// Commits `jobs` as one transaction and answers them; if that fails,
@@ -1420,6 +1437,33 @@ pub(super) mod tests {
             Done::Hold(HoldResult::Held)
         );
         assert_eq!(balance_of(&store, &key).await, Some(40));
+    }
+
+    /// A settlement nobody waits for that meets another writer's lock for
+    /// longer than the busy timeout is tried again once the lock is free,
+    /// not left to the sweeper (which would charge the hold in full).
+    #[tokio::test]
+    async fn a_settlement_kept_out_by_another_writer_is_tried_again() {
+        let (dir, store, key) = store_with_key(100).await;
+        store.batch.submit(hold(&key, "h1", 60)).await.unwrap();
+        let other = Connection::open(dir.path().join("batch.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(store
+            .batch
+            .submit_detached(Op::Settle(settled(&key, "h1", 30))));
+        // Longer than the store's busy timeout (1 s): the first wait for
+        // the lock runs out while it is taken.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        other.execute_batch("COMMIT").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.totals().await.unwrap().active_holds > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the settlement was not tried again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(balance_of(&store, &key).await, Some(70));
     }
 
     /// A panic while the connection was held (a bug mid-batch) leaves it
