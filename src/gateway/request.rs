@@ -23,7 +23,7 @@ pub const MAX_FALLBACKS: usize = 8;
 const REFUSED_FIELDS: &[&str] = &["api_base", "base_url", "api_key"];
 /// The fields `from_map` takes out of the body: the routing fields, and
 /// `REFUSED_FIELDS`.
-const TAKEN_FIELDS: &[&str] = &["models", "provider", "api_base", "base_url", "api_key"];
+pub(crate) const TAKEN_FIELDS: &[&str] = &["models", "provider", "api_base", "base_url", "api_key"];
 
 #[derive(Debug)]
 pub struct ChatRequest {

@@ -167,6 +167,24 @@ async fn a_request_is_translated_to_chat_completions_and_back_and_billed() {
 }
 
 #[tokio::test]
+async fn routing_fields_never_reach_a_translated_upstream() {
+    let upstream = Upstream::json(200, completion("Hi")).await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    let response = create(
+        &gw,
+        None,
+        &json!({"model": "up/m", "input": "hi", "models": ["up/m"],
+            "provider": {"order": ["up"], "allow_fallbacks": false}, "seed": 7}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let sent = upstream.only_request().body;
+    assert_eq!(sent["seed"], 7, "unknown fields still pass through");
+    assert!(sent.get("models").is_none(), "{sent}");
+    assert!(sent.get("provider").is_none(), "{sent}");
+}
+
+#[tokio::test]
 async fn a_stream_comes_in_the_sdk_order_and_is_stored_before_it_ends() {
     let mut script = vec![Play::Data(chunk("Hel")), Play::Data(chunk("lo"))];
     script.push(Play::Data(

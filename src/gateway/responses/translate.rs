@@ -8,7 +8,8 @@
 //!   `text.format` (→ `response_format`), `reasoning.effort`. Fields the
 //!   Responses API has and Chat Completions does not (`store`,
 //!   `previous_response_id`, `include`, …) are the endpoint's business and
-//!   are not sent; fields this module does not know pass through.
+//!   are not sent, nor are the gateway's routing fields (`models`,
+//!   `provider`); fields this module does not know pass through.
 //! - `to_response`: a `chat.completion` as a Response object: `message`
 //!   items with `output_text` parts, `function_call` items carrying
 //!   `call_id`, and `usage` with its `*_details`.
@@ -16,6 +17,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::gateway::error::GatewayError;
+use crate::gateway::request::TAKEN_FIELDS;
 
 /// The most characters of an earlier MCP call's output that go back to the
 /// model with the conversation.
@@ -62,8 +64,11 @@ fn bad(param: &str, message: impl Into<String>) -> GatewayError {
 /// The Chat Completions body for a Responses request.
 pub fn to_chat(req: &Map<String, Value>) -> Result<Map<String, Value>, GatewayError> {
     let mut out = Map::new();
+    // The routing fields are still in `req` (`ChatRequest::from_map` takes
+    // them from another copy): they are the gateway's and never go upstream.
+    let not_passed = [TRANSLATED, ENDPOINT_FIELDS, TAKEN_FIELDS];
     for (k, v) in req {
-        if !TRANSLATED.contains(&k.as_str()) && !ENDPOINT_FIELDS.contains(&k.as_str()) {
+        if !not_passed.iter().any(|fields| fields.contains(&k.as_str())) {
             out.insert(k.clone(), v.clone());
         }
     }
@@ -480,7 +485,8 @@ mod tests {
         let cases = vec![
             (
                 json!({"model": "p/m", "input": "hi", "instructions": "Be brief.", "max_output_tokens": 50,
-                    "temperature": 0.2, "store": true, "metadata": {"a": "b"}, "seed": 4}),
+                    "temperature": 0.2, "store": true, "metadata": {"a": "b"}, "seed": 4,
+                    "models": ["p/n"], "provider": {"order": ["p"]}}),
                 json!({"model": "p/m", "seed": 4, "messages": [
                     {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
                     "temperature": 0.2, "max_completion_tokens": 50}),
