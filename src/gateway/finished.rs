@@ -37,9 +37,17 @@ fn text_of(completion: &Value) -> &str {
         .unwrap_or("")
 }
 
+fn refusal_of(completion: &Value) -> &str {
+    completion
+        .pointer("/choices/0/message/refusal")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
 /// A `chat.completion` as Chat Completions stream frames: the role, the
-/// text in pieces, the tool calls, the finish (with `annotations` in its
-/// delta when given), the usage chunk when given, then `[DONE]`.
+/// text in pieces, the refusal in pieces, the tool calls, the finish (with
+/// `annotations` in its delta when given), the usage chunk when given,
+/// then `[DONE]`.
 pub fn chat_frames(c: &Value, annotations: Option<Vec<Value>>, usage: Option<Value>) -> Vec<Bytes> {
     let chunk = |delta: Value, finish: Value| {
         json!({"id": c["id"], "object": "chat.completion.chunk", "created": c["created"], "model": c["model"],
@@ -52,6 +60,9 @@ pub fn chat_frames(c: &Value, annotations: Option<Vec<Value>>, usage: Option<Val
     ))];
     for piece in pieces(text_of(c)) {
         out.push(frame(&chunk(json!({"content": piece}), Value::Null)));
+    }
+    for piece in pieces(refusal_of(c)) {
+        out.push(frame(&chunk(json!({"refusal": piece}), Value::Null)));
     }
     if let Some(Value::Array(calls)) = message.get("tool_calls") {
         for (i, call) in calls.iter().enumerate() {
@@ -77,8 +88,9 @@ pub fn chat_frames(c: &Value, annotations: Option<Vec<Value>>, usage: Option<Val
 }
 
 /// A `chat.completion`'s answer as Responses events on `stream`: the text
-/// in pieces (then its `annotations`), the tool calls, and the finish with
-/// `usage` (Chat Completions shape). `stream.finish()` follows.
+/// in pieces (then its `annotations`), the refusal in pieces, the tool
+/// calls, and the finish with `usage` (Chat Completions shape).
+/// `stream.finish()` follows.
 pub fn response_events(
     stream: &mut ResponseStream,
     completion: &Value,
@@ -91,6 +103,9 @@ pub fn response_events(
         events.extend(stream.on_chunk(&chunk(json!({"content": piece}))));
     }
     events.extend(stream.annotate(annotations));
+    for piece in pieces(refusal_of(completion)) {
+        events.extend(stream.on_chunk(&chunk(json!({"refusal": piece}))));
+    }
     let message = &completion["choices"][0]["message"];
     if let Some(Value::Array(calls)) = message.get("tool_calls") {
         for (i, call) in calls.iter().enumerate() {
@@ -133,4 +148,61 @@ pub fn keep_calls(mut completion: Value, keep: Vec<Value>) -> Value {
         completion["choices"][0]["finish_reason"] = json!("stop");
     }
     completion
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::responses::translate::ResponseMeta;
+
+    const REFUSAL: &str = "I can't help with that request, sorry.";
+
+    fn refusing() -> Value {
+        json!({"id": "c", "created": 1, "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": null, "refusal": REFUSAL}}]})
+    }
+
+    #[test]
+    fn a_refusal_goes_out_as_chat_refusal_deltas() {
+        let frames = chat_frames(&refusing(), None, None);
+        let refused: String = frames
+            .iter()
+            .filter_map(|f| std::str::from_utf8(f).ok()?.strip_prefix("data: "))
+            .filter_map(|data| serde_json::from_str::<Value>(data.trim_end()).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["refusal"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(refused, REFUSAL);
+    }
+
+    #[test]
+    fn a_refusal_goes_out_as_a_responses_refusal_part() {
+        let request = json!({"model": "p/m", "input": "hi"});
+        let meta = ResponseMeta {
+            id: "resp_1",
+            created_at: 5,
+            model: "p/m",
+            request: request.as_object().unwrap(),
+        };
+        let mut stream = ResponseStream::new(&meta);
+        stream.start();
+        let usage = json!({"prompt_tokens": 3, "completion_tokens": 8});
+        let mut events = response_events(&mut stream, &refusing(), Vec::new(), &usage);
+        let (last, response) = stream.finish();
+        events.extend(last);
+        let deltas: String = events
+            .iter()
+            .filter(|e| e.name == "response.refusal.delta")
+            .map(|e| e.data["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(deltas, REFUSAL);
+        assert!(events.iter().any(|e| e.name == "response.refusal.done"));
+        assert_eq!(
+            response["output"][0]["content"],
+            json!([{"type": "refusal", "refusal": REFUSAL}])
+        );
+    }
 }

@@ -261,6 +261,68 @@ async fn a_stream_comes_in_the_sdk_order_and_is_stored_before_it_ends() {
 }
 
 #[tokio::test]
+async fn a_streamed_refusal_is_a_refusal_part_and_is_stored() {
+    let delta = |d: Value| {
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": d, "finish_reason": null}]})
+        .to_string()
+    };
+    let script = vec![
+        Play::Data(delta(
+            json!({"role": "assistant", "content": null, "refusal": ""}),
+        )),
+        Play::Data(delta(json!({"refusal": "I can't "}))),
+        Play::Data(delta(json!({"refusal": "help with that."}))),
+        Play::Data(crate::support::upstream::finish_chunk("stop")),
+        Play::Data(usage_chunk(4, 5)),
+        Play::Data("[DONE]".into()),
+    ];
+    let upstream = Upstream::sse(script).await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    let response = create(
+        &gw,
+        None,
+        &json!({"model": "up/m", "input": "hi", "stream": true}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let events = events(response).await;
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.refusal.delta",
+            "response.refusal.delta",
+            "response.refusal.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    assert_eq!(
+        events[3].1["part"],
+        json!({"type": "refusal", "refusal": ""})
+    );
+    assert_eq!(events[6].1["refusal"], "I can't help with that.");
+    let part = json!({"type": "refusal", "refusal": "I can't help with that."});
+    assert_eq!(events[7].1["part"], part);
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(done["output"][0]["type"], "message");
+    assert_eq!(done["output"][0]["content"], json!([part]));
+
+    let id = done["id"].as_str().unwrap();
+    let stored: Value = get(&gw, None, &format!("/api/v1/responses/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&stored, done, "stored with its refusal");
+}
+
+#[tokio::test]
 async fn a_failure_mid_stream_is_an_error_event_then_response_failed() {
     let upstream = Upstream::start(|_| async {
         sse_response(

@@ -2,8 +2,10 @@
 //! official SDKs' stream helpers require: `response.created`,
 //! `response.in_progress`, then per output item `output_item.added`,
 //! (`content_part.added`, `output_text.delta`…, `output_text.done`,
-//! `content_part.done`) or (`function_call_arguments.delta`…,
-//! `function_call_arguments.done`), `output_item.done`, and finally
+//! `content_part.done`), for a refusal (`content_part.added`,
+//! `refusal.delta`…, `refusal.done`, `content_part.done`), or
+//! (`function_call_arguments.delta`…, `function_call_arguments.done`),
+//! `output_item.done`, and finally
 //! `response.completed` (or `response.incomplete`) carrying the whole
 //! output and the usage. Every event has an increasing `sequence_number`.
 
@@ -54,6 +56,14 @@ struct TextItem {
     annotations: Vec<Value>,
 }
 
+/// A message whose one part is a refusal (Chat Completions
+/// `delta.refusal`).
+struct RefusalItem {
+    output_index: usize,
+    id: String,
+    refusal: String,
+}
+
 struct CallItem {
     /// The chat chunk's tool-call index.
     chat_index: u64,
@@ -72,6 +82,7 @@ struct McpItem {
 
 enum Open {
     Text(TextItem),
+    Refusal(RefusalItem),
     Call(CallItem),
     Mcp(McpItem),
 }
@@ -160,7 +171,7 @@ impl ResponseStream {
         {
             if !matches!(self.open, Some(Open::Text(_))) {
                 out.extend(self.close());
-                out.extend(self.open_text());
+                out.extend(self.open_message(false));
             }
             if let Some(Open::Text(item)) = &mut self.open {
                 item.text.push_str(text);
@@ -168,6 +179,24 @@ impl ResponseStream {
                 out.push(self.event(
                     "response.output_text.delta",
                     json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
+                ));
+            }
+        }
+        if let Some(piece) = delta
+            .get("refusal")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            if !matches!(self.open, Some(Open::Refusal(_))) {
+                out.extend(self.close());
+                out.extend(self.open_message(true));
+            }
+            if let Some(Open::Refusal(item)) = &mut self.open {
+                item.refusal.push_str(piece);
+                let (id, index) = (item.id.clone(), item.output_index);
+                out.push(self.event(
+                    "response.refusal.delta",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": piece}),
                 ));
             }
         }
@@ -202,15 +231,26 @@ impl ResponseStream {
         out
     }
 
-    fn open_text(&mut self) -> Vec<Event> {
+    /// A message item with one empty part: `output_text`, or `refusal`.
+    fn open_message(&mut self, refusal: bool) -> Vec<Event> {
         let output_index = self.output.len();
         let id = format!("msg_{}_{output_index}", self.id.trim_start_matches("resp_"));
-        self.open = Some(Open::Text(TextItem {
-            output_index,
-            id: id.clone(),
-            text: String::new(),
-            annotations: Vec::new(),
-        }));
+        let part = if refusal {
+            self.open = Some(Open::Refusal(RefusalItem {
+                output_index,
+                id: id.clone(),
+                refusal: String::new(),
+            }));
+            json!({"type": "refusal", "refusal": ""})
+        } else {
+            self.open = Some(Open::Text(TextItem {
+                output_index,
+                id: id.clone(),
+                text: String::new(),
+                annotations: Vec::new(),
+            }));
+            json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+        };
         vec![
             self.event(
                 "response.output_item.added",
@@ -218,8 +258,7 @@ impl ResponseStream {
             ),
             self.event(
                 "response.content_part.added",
-                json!({"item_id": id, "output_index": output_index, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+                json!({"item_id": id, "output_index": output_index, "content_index": 0, "part": part}),
             ),
         ]
     }
@@ -253,22 +292,19 @@ impl ResponseStream {
             None => Vec::new(),
             Some(Open::Text(item)) => {
                 let part = json!({"type": "output_text", "text": item.text, "annotations": item.annotations, "logprobs": []});
-                let done = json!({"id": item.id, "type": "message", "status": "completed", "role": "assistant", "content": [part]});
-                self.output.push(done.clone());
-                vec![
-                    self.event(
-                        "response.output_text.done",
-                        json!({"item_id": item.id, "output_index": item.output_index, "content_index": 0, "text": item.text, "logprobs": []}),
-                    ),
-                    self.event(
-                        "response.content_part.done",
-                        json!({"item_id": item.id, "output_index": item.output_index, "content_index": 0, "part": part}),
-                    ),
-                    self.event(
-                        "response.output_item.done",
-                        json!({"output_index": item.output_index, "item": done}),
-                    ),
-                ]
+                let text_done = self.event(
+                    "response.output_text.done",
+                    json!({"item_id": item.id, "output_index": item.output_index, "content_index": 0, "text": item.text, "logprobs": []}),
+                );
+                self.close_message(text_done, &item.id, item.output_index, part)
+            }
+            Some(Open::Refusal(item)) => {
+                let part = json!({"type": "refusal", "refusal": item.refusal});
+                let refusal_done = self.event(
+                    "response.refusal.done",
+                    json!({"item_id": item.id, "output_index": item.output_index, "content_index": 0, "refusal": item.refusal}),
+                );
+                self.close_message(refusal_done, &item.id, item.output_index, part)
             }
             // An MCP item ends only with `mcp_done`.
             Some(Open::Mcp(_)) => Vec::new(),
@@ -288,6 +324,31 @@ impl ResponseStream {
                 ]
             }
         }
+    }
+
+    /// The end of a message item whose one part is `part`: the part's own
+    /// `.done` event (`part_done`), `content_part.done`, `output_item.done`;
+    /// the message joins the output.
+    fn close_message(
+        &mut self,
+        part_done: Event,
+        id: &str,
+        output_index: usize,
+        part: Value,
+    ) -> Vec<Event> {
+        let done = json!({"id": id, "type": "message", "status": "completed", "role": "assistant", "content": [part]});
+        self.output.push(done.clone());
+        vec![
+            part_done,
+            self.event(
+                "response.content_part.done",
+                json!({"item_id": id, "output_index": output_index, "content_index": 0, "part": part}),
+            ),
+            self.event(
+                "response.output_item.done",
+                json!({"output_index": output_index, "item": done}),
+            ),
+        ]
     }
 
     /// A web search the gateway ran, as a finished `web_search_call` item:
@@ -584,6 +645,63 @@ mod tests {
         assert_eq!(response["output"][2]["arguments"], "{}");
         assert_eq!(response["usage"]["total_tokens"], 10);
         assert_eq!(events.last().unwrap().data["response"], response);
+    }
+
+    #[test]
+    fn a_refusal_is_a_message_with_a_refusal_part() {
+        let request = json!({"model": "p/m", "input": "hi"});
+        let meta = ResponseMeta {
+            id: "resp_4",
+            created_at: 5,
+            model: "p/m",
+            request: request.as_object().unwrap(),
+        };
+        let mut s = ResponseStream::new(&meta);
+        let mut events = s.start();
+        for c in [
+            chunk(
+                json!({"role": "assistant", "content": null, "refusal": ""}),
+                None,
+            ),
+            chunk(json!({"refusal": "I can't "}), None),
+            chunk(json!({"refusal": "help with that."}), None),
+            chunk(json!({}), Some("stop")),
+        ] {
+            events.extend(s.on_chunk(&c));
+        }
+        let (last, response) = s.finish();
+        events.extend(last);
+        let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.refusal.delta",
+                "response.refusal.delta",
+                "response.refusal.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(e.data["sequence_number"], n as u64);
+            assert_eq!(e.data["type"], e.name);
+        }
+        let part = json!({"type": "refusal", "refusal": "I can't help with that."});
+        assert_eq!(
+            events[3].data["part"],
+            json!({"type": "refusal", "refusal": ""})
+        );
+        assert_eq!(events[4].data["delta"], "I can't ");
+        assert_eq!(events[6].data["refusal"], "I can't help with that.");
+        assert_eq!(events[7].data["part"], part);
+        assert_eq!(response["output"][0]["type"], "message");
+        assert_eq!(response["output"][0]["content"], json!([part]));
+        assert_eq!(events[8].data["item"], response["output"][0]);
     }
 
     #[test]
