@@ -354,6 +354,76 @@ async fn a_responses_request_gets_a_web_search_call_and_annotated_text_streamed_
 }
 
 #[tokio::test]
+async fn a_searched_response_can_be_continued_and_sent_back() {
+    let upstream = searching_model().await;
+    let (search_url, _) = searxng(200, Duration::ZERO).await;
+    let gw = gateway(&upstream.base_url, &search_url, "").await;
+    let create = |body: Value| {
+        keyed(crate::support::gateway::test_key().reveal())
+            .post(gw.url("/api/v1/responses"))
+            .json(&body)
+            .send()
+    };
+    let tools = json!([{"type": "web_search"}]);
+    let first: Value =
+        create(json!({"model": "up/m", "input": "What is new in Rust?", "tools": tools}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(first["output"][0]["type"], "web_search_call");
+
+    // The conversation so far, as the upstream got it in a turn's first
+    // round: the search call is left out, its answer is there.
+    let said_before = |request: usize| -> Vec<(String, String)> {
+        upstream.seen()[request].body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] != "system")
+            .map(|m| {
+                let text = match &m["content"] {
+                    Value::String(text) => text.as_str(),
+                    parts => parts[0]["text"].as_str().unwrap(),
+                };
+                (m["role"].as_str().unwrap().to_string(), text.to_string())
+            })
+            .collect()
+    };
+    let expected: Vec<(String, String)> = [
+        ("user", "What is new in Rust?"),
+        ("assistant", ANSWER),
+        ("user", "And the book?"),
+    ]
+    .iter()
+    .map(|(role, text)| (role.to_string(), text.to_string()))
+    .collect();
+
+    let chained = create(
+        json!({"model": "up/m", "input": "And the book?", "tools": tools,
+        "previous_response_id": first["id"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(chained.status(), 200);
+    let chained: Value = chained.json().await.unwrap();
+    assert_eq!(chained["output"][1]["content"][0]["text"], ANSWER);
+    // Two rounds a turn: the first turn made requests 0 and 1.
+    assert_eq!(said_before(2), expected);
+
+    // The output sent back as input works the same.
+    let mut input = vec![json!({"role": "user", "content": "What is new in Rust?"})];
+    input.extend(first["output"].as_array().unwrap().iter().cloned());
+    input.push(json!({"role": "user", "content": "And the book?"}));
+    let resent = create(json!({"model": "up/m", "input": input, "tools": tools}))
+        .await
+        .unwrap();
+    assert_eq!(resent.status(), 200);
+    assert_eq!(said_before(4), expected);
+}
+
+#[tokio::test]
 async fn a_chat_stream_carries_the_answer_then_its_annotations() {
     let upstream = searching_model().await;
     let (search_url, _) = searxng(200, Duration::ZERO).await;

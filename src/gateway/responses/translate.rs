@@ -2,7 +2,8 @@
 //!
 //! - `to_chat`: a Responses request body as a Chat Completions body.
 //!   `input` (a string, or items: messages with `input_text` /
-//!   `input_image` parts, `function_call`, `function_call_output`),
+//!   `input_image` parts, `function_call`, `function_call_output`; the
+//!   gateway's own `web_search_call` and MCP items of earlier turns),
 //!   `instructions`, function `tools`, `tool_choice`,
 //!   `parallel_tool_calls`, `max_output_tokens`, `temperature`, `top_p`,
 //!   `text.format` (→ `response_format`), `reasoning.effort`. Fields the
@@ -292,6 +293,10 @@ fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), G
                 "content": output,
             }));
         }
+        // A search the gateway ran in an earlier turn: the message after
+        // it holds what the model made of the results, with its citations,
+        // and the results themselves are not kept; the call adds nothing.
+        "web_search_call" => {}
         other => match crate::gateway::mcp::history_messages(item, HISTORY_OUTPUT_CHARS) {
             Some(mcp) => messages.extend(mcp),
             None => {
@@ -522,6 +527,19 @@ mod tests {
                     "tools": [{"type": "function", "function": {"name": "get", "description": "d", "parameters": {"type": "object"}, "strict": false}}],
                     "tool_choice": {"type": "function", "function": {"name": "get"}},
                     "parallel_tool_calls": false}),
+            ),
+            (
+                // A web search the gateway ran, sent back with its answer.
+                json!({"model": "p/m", "input": [
+                    {"role": "user", "content": "news?"},
+                    {"type": "web_search_call", "id": "ws_1", "status": "completed",
+                        "action": {"type": "search", "query": "news", "sources": [{"type": "url", "url": "https://x/"}]}},
+                    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Rain [1].", "annotations": []}]},
+                    {"role": "user", "content": "more?"}]}),
+                json!({"model": "p/m", "messages": [
+                    {"role": "user", "content": "news?"},
+                    {"role": "assistant", "content": "Rain [1]."},
+                    {"role": "user", "content": "more?"}]}),
             ),
         ];
         for (responses, completions) in cases {
