@@ -399,6 +399,14 @@ async fn a_failure_before_the_first_event_is_a_real_status() {
             "input[0].content[0]",
         ),
         (json!({"model": "up/m", "input": []}), "input"),
+        // A tool's output reaches a chat model as text only.
+        (
+            json!({"model": "up/m", "input": [
+                {"type": "function_call", "call_id": "c", "name": "chart", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": [
+                    {"type": "input_image", "image_url": "https://example.com/chart.png"}]}]}),
+            "input[1].output[0]",
+        ),
         // What a Response object echoes must have its shape there.
         (
             json!({"model": "up/m", "input": "x", "metadata": "x"}),

@@ -281,11 +281,29 @@ fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), G
         "function_call_output" => {
             let output = match item.get("output") {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect(),
-                _ => return Err(bad(at, "A function_call_output needs an output string.")),
+                // A Chat Completions tool message holds text alone: an image
+                // or a file would be lost, so it is refused, never dropped.
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.iter().enumerate() {
+                        match part.get("type").and_then(Value::as_str) {
+                            Some("input_text") | Some("output_text") | Some("text") => {
+                                text.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
+                            }
+                            other => {
+                                return Err(bad(
+                                    &format!("{at}.output[{j}]"),
+                                    format!("A function_call_output part of type {} cannot be sent to this model: its tool results take text only. Use input_text parts, or an output string.", other.map_or("(none)".into(), |t| format!("{t:?}"))),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+                _ => return Err(bad(
+                    at,
+                    "A function_call_output needs an output string or a list of input_text parts.",
+                )),
             };
             messages.push(json!({
                 "role": "tool",
@@ -516,7 +534,8 @@ mod tests {
                         {"type": "function_call", "call_id": "call_1", "name": "get", "arguments": "{\"q\":1}"},
                         {"type": "function_call", "call_id": "call_2", "name": "get", "arguments": "{\"q\":2}"},
                         {"type": "function_call_output", "call_id": "call_1", "output": "sun"},
-                        {"type": "function_call_output", "call_id": "call_2", "output": "rain"}]}),
+                        {"type": "function_call_output", "call_id": "call_2", "output": [
+                            {"type": "input_text", "text": "ra"}, {"type": "input_text", "text": "in"}]}]}),
                 json!({"model": "p/m", "messages": [
                         {"role": "user", "content": "weather?"},
                         {"role": "assistant", "content": null, "tool_calls": [
@@ -558,6 +577,19 @@ mod tests {
             (
                 json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
                 "input[0].content[0]",
+            ),
+            (
+                json!({"model": "m", "input": [
+                    {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                    {"type": "function_call_output", "call_id": "c", "output": [
+                        {"type": "input_text", "text": "a chart:"},
+                        {"type": "input_image", "image_url": "https://x/y.png"}]}]}),
+                "input[1].output[1]",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c",
+                    "output": [{"type": "input_file", "file_id": "f"}]}]}),
+                "input[0].output[0]",
             ),
             (
                 json!({"model": "m", "input": "x", "tools": [{"type": "file_search"}]}),
