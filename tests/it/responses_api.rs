@@ -323,6 +323,59 @@ async fn a_streamed_refusal_is_a_refusal_part_and_is_stored() {
 }
 
 #[tokio::test]
+async fn completed_at_is_when_the_response_completed() {
+    // The answer takes over a second, streamed or not.
+    let upstream = Upstream::start(|seen| async move {
+        if seen.body["stream"] == true {
+            let script = vec![
+                Play::Data(chunk("slow")),
+                Play::Sleep(Duration::from_millis(1100)),
+                Play::Data(crate::support::upstream::finish_chunk("stop")),
+                Play::Data("[DONE]".into()),
+            ];
+            sse_response(script, None)
+        } else {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            respond(200, &[], Body::from(completion("slow").to_string()))
+        }
+    })
+    .await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    let complete: Value = create(&gw, None, &json!({"model": "up/m", "input": "hi"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let streamed = events(
+        create(
+            &gw,
+            None,
+            &json!({"model": "up/m", "input": "hi", "stream": true}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        streamed[0].1["response"]["completed_at"],
+        Value::Null,
+        "not completed yet"
+    );
+    let done = &streamed.last().unwrap().1["response"];
+    for r in [&complete, done] {
+        assert_eq!(r["status"], "completed");
+        let (created, completed) = (
+            r["created_at"].as_u64().unwrap(),
+            r["completed_at"].as_u64().unwrap(),
+        );
+        assert!(
+            completed > created,
+            "completed at {completed}, created at {created}"
+        );
+        assert!(completed <= mume_gateway::accounts::now_ms() as u64 / 1000);
+    }
+}
+
+#[tokio::test]
 async fn a_failure_mid_stream_is_an_error_event_then_response_failed() {
     let upstream = Upstream::start(|_| async {
         sse_response(

@@ -11,7 +11,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::translate::{skeleton, usage, ResponseMeta};
+use super::translate::{now_secs, skeleton, usage, ResponseMeta};
 
 /// One event: its `type` (also the SSE event name) and its data.
 #[derive(Debug, Clone, PartialEq)]
@@ -505,7 +505,7 @@ impl ResponseStream {
         response["output"] = Value::Array(self.output.clone());
         response["incomplete_details"] = incomplete;
         if status == "completed" {
-            response["completed_at"] = json!(self.created_at);
+            response["completed_at"] = json!(now_secs());
         }
         if let Some(usage) = &self.usage {
             response["usage"] = usage.clone();
@@ -604,8 +604,14 @@ mod tests {
         ] {
             events.extend(s.on_chunk(&c));
         }
+        let before = now_secs();
         let (last, response) = s.finish();
         events.extend(last);
+        let completed_at = response["completed_at"].as_u64().unwrap();
+        assert!(
+            (before..=now_secs()).contains(&completed_at),
+            "when it completed, not when it was created: {completed_at}"
+        );
         let names: Vec<&str> = events.iter().map(|e| e.name).collect();
         assert_eq!(
             names,
@@ -748,6 +754,7 @@ mod tests {
         s.on_chunk(&chunk(json!({"content": "abc"}), Some("length")));
         let (events, response) = s.finish();
         assert_eq!(events.last().unwrap().name, "response.incomplete");
+        assert_eq!(response["completed_at"], Value::Null, "not completed");
         assert_eq!(
             response["incomplete_details"]["reason"],
             "max_output_tokens"

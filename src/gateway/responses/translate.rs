@@ -1,4 +1,5 @@
-//! Responses ⇄ Chat Completions, as pure functions.
+//! Responses ⇄ Chat Completions, as pure functions (but for the clock
+//! that dates a completed Response, `completed_at`).
 //!
 //! - `to_chat`: a Responses request body as a Chat Completions body.
 //!   `input` (a string, or items: messages with `input_text` /
@@ -374,6 +375,11 @@ pub fn usage(u: &Value) -> Value {
     })
 }
 
+/// Unix seconds now: when a response that has just finished completed.
+pub fn now_secs() -> u64 {
+    (crate::accounts::now_ms() / 1000) as u64
+}
+
 /// The Response object for a finished `chat.completion`.
 pub fn to_response(completion: &Value, meta: &ResponseMeta<'_>) -> Value {
     let choice = &completion["choices"][0];
@@ -423,7 +429,7 @@ pub fn to_response(completion: &Value, meta: &ResponseMeta<'_>) -> Value {
     response["output"] = Value::Array(output);
     response["incomplete_details"] = incomplete;
     if status == "completed" {
-        response["completed_at"] = json!(meta.created_at);
+        response["completed_at"] = json!(now_secs());
     }
     if let Some(u) = completion.get("usage").filter(|u| u.is_object()) {
         response["usage"] = usage(u);
@@ -621,10 +627,15 @@ mod tests {
                 "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "get", "arguments": "{}"}}]}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
                 "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 2}}});
+        let before = now_secs();
         let r = to_response(&completion, &meta);
         assert_eq!(r["object"], "response");
         assert_eq!(r["status"], "completed");
-        assert_eq!(r["completed_at"], 100);
+        let completed_at = r["completed_at"].as_u64().unwrap();
+        assert!(
+            (before..=now_secs()).contains(&completed_at),
+            "when it completed, not when it was created: {completed_at}"
+        );
         assert_eq!(r["model"], "p/m");
         assert_eq!(r["output"][0]["type"], "message");
         assert_eq!(
