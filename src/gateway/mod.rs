@@ -834,7 +834,11 @@ impl Gateway {
                     }
                     Err(failure) => {
                         crate::metrics::attempt(&endpoint.provider, failure.error.code);
-                        self.router.record(endpoint, !failure.unhealthy);
+                        match failure.verdict {
+                            Verdict::Working => self.router.record(endpoint, true),
+                            Verdict::Failing => self.router.record(endpoint, false),
+                            Verdict::NotCalled => self.router.no_call(endpoint),
+                        }
                         run.notes.push(format!(
                             "{} via {}: {}",
                             candidate.model.id, endpoint.provider, failure.summary
@@ -886,7 +890,7 @@ impl Gateway {
                     model.id
                 )),
                 retry: Retry::Elsewhere,
-                unhealthy: false,
+                verdict: Verdict::NotCalled,
                 summary: "not configured".into(),
             })?
             .clone();
@@ -903,7 +907,7 @@ impl Gateway {
                     return Err(Failure {
                         error,
                         retry: Retry::Elsewhere,
-                        unhealthy: false,
+                        verdict: Verdict::NotCalled,
                         summary: "cannot be translated for it".into(),
                     })
                 }
@@ -1091,42 +1095,60 @@ enum Retry {
 struct Failure {
     error: GatewayError,
     retry: Retry,
-    /// Counts against the endpoint's circuit.
-    unhealthy: bool,
+    /// What it says of the endpoint's health, for its circuit.
+    verdict: Verdict,
     /// How the attempt ended, for the final message ("503", "timeout").
     summary: String,
 }
 
+/// What a failed attempt says of its endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// It answered, if only with an error (4xx, 429): it works.
+    Working,
+    /// No connection, a timeout, a 5xx, a broken answer: counts against
+    /// its circuit.
+    Failing,
+    /// No call was made (the request cannot be sent to it, or its key is
+    /// not set): nothing is learned.
+    NotCalled,
+}
+
 impl Failure {
     fn of(provider: &str, e: ProviderError) -> Self {
-        let (retry, unhealthy, summary) = match &e {
+        use Verdict::{Failing, NotCalled, Working};
+        let (retry, verdict, summary) = match &e {
             ProviderError::Upstream {
                 status: 429,
                 retry_after,
                 ..
             } => (
                 retry_after.map_or(Retry::Backoff, Retry::After),
-                false,
+                Working,
                 "429".to_string(),
             ),
             ProviderError::Upstream {
                 status: status @ (408 | 500 | 502 | 503 | 504),
                 ..
-            } => (Retry::Backoff, true, status.to_string()),
-            ProviderError::Upstream { status, .. } => (Retry::Never, false, status.to_string()),
-            ProviderError::Transport(_) => (Retry::Backoff, true, "connection failed".into()),
+            } => (Retry::Backoff, Failing, status.to_string()),
+            ProviderError::Upstream { status, .. } => (Retry::Never, Working, status.to_string()),
+            ProviderError::Transport(_) => (Retry::Backoff, Failing, "connection failed".into()),
             // A silent endpoint stays silent: move on without waiting for
             // it again (UF-05).
-            ProviderError::Timeout(phase) => (Retry::Elsewhere, true, format!("timeout ({phase})")),
-            ProviderError::Decode(_) => (Retry::Elsewhere, true, "invalid response".into()),
-            ProviderError::StreamError(_) => (Retry::Elsewhere, true, "error event".into()),
-            ProviderError::NotConfigured(_) => (Retry::Elsewhere, false, "not configured".into()),
-            ProviderError::Rehearsal(_) => (Retry::Never, false, "mock fault".into()),
+            ProviderError::Timeout(phase) => {
+                (Retry::Elsewhere, Failing, format!("timeout ({phase})"))
+            }
+            ProviderError::Decode(_) => (Retry::Elsewhere, Failing, "invalid response".into()),
+            ProviderError::StreamError(_) => (Retry::Elsewhere, Failing, "error event".into()),
+            ProviderError::NotConfigured(_) => {
+                (Retry::Elsewhere, NotCalled, "not configured".into())
+            }
+            ProviderError::Rehearsal(_) => (Retry::Never, Working, "mock fault".into()),
         };
         Self {
             error: upstream_error(provider, e),
             retry,
-            unhealthy,
+            verdict,
             summary,
         }
     }
@@ -1136,7 +1158,7 @@ impl Failure {
     fn rehearsed(mut self, rehearsal: bool) -> Self {
         if rehearsal {
             self.retry = Retry::Never;
-            self.unhealthy = false;
+            self.verdict = Verdict::Working;
         }
         self
     }
@@ -1147,7 +1169,7 @@ impl Failure {
             summary: error.code.to_string(),
             error,
             retry: Retry::Elsewhere,
-            unhealthy: true,
+            verdict: Verdict::Failing,
         }
     }
 }

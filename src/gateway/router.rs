@@ -218,6 +218,21 @@ impl Router {
         }
     }
 
+    /// An attempt that made no call (the request could not be sent to this
+    /// endpoint): nothing is learned of its health, and a probe it was let
+    /// through as is given back, so that the next request probes at once
+    /// rather than wait for this one's verdict.
+    pub fn no_call(&self, endpoint: &EndpointConfig) {
+        let mut health = self.health.lock().expect("health lock");
+        if let Some(h) = health.get_mut(&key_of(endpoint)) {
+            if let Circuit::Probing { .. } = h.circuit {
+                h.circuit = Circuit::Open {
+                    until: Instant::now(),
+                };
+            }
+        }
+    }
+
     /// The outcome of an attempt. `healthy` is false for failures that say
     /// the endpoint is in trouble (no connection, timeout, 5xx), true for
     /// any answer that shows it working (including 4xx and 429).
@@ -427,6 +442,30 @@ mod tests {
 
     /// UF-13: five failures open the circuit for 30 s; the probe after that
     /// reopens it for twice as long if it fails, and a success closes it.
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_made_no_call_neither_closes_nor_holds_a_circuit() {
+        let router = Router::new(routing());
+        let e = endpoint("a", 1, 1);
+        for _ in 0..5 {
+            router.record(&e, false);
+        }
+        assert!(router.admit(&e).is_err(), "open");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(router.admit(&e).is_ok(), "the probe");
+        router.no_call(&e);
+        // Not closed: the next request probes at once, and one more
+        // failure reopens the circuit for twice as long.
+        assert!(router.admit(&e).is_ok(), "the probe was given back");
+        assert!(router.admit(&e).is_err(), "still one probe at a time");
+        router.record(&e, false);
+        let until = router.admit(&e).unwrap_err();
+        assert_eq!(until - Instant::now(), Duration::from_secs(60));
+        // On a closed circuit it changes nothing.
+        let closed = endpoint("b", 1, 1);
+        router.no_call(&closed);
+        assert!(router.admit(&closed).is_ok());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn circuit_opens_probes_doubles_and_closes() {
         let router = Router::new(routing());

@@ -499,6 +499,50 @@ async fn with_every_endpoint_paused_the_answer_is_an_immediate_503_with_retry_af
     );
 }
 
+/// A request that cannot be sent to an endpoint (a Responses tool with no
+/// Chat Completions form) makes no call, so it says nothing of the
+/// endpoint's health: a probe it was let through as neither closes the
+/// circuit nor keeps it from probing.
+#[tokio::test]
+async fn a_request_that_makes_no_call_does_not_close_a_circuit() {
+    let a = scripted(vec![status(500)]).await;
+    let gw = gateway(&config(
+        &[("a", &a.base_url)],
+        "max_attempts = 1",
+        &format!(
+            "{}\n[routing]\ncircuit_failures = 1\ncircuit_open = \"300ms\"\n",
+            model_on(&["a"])
+        ),
+    ))
+    .await;
+    assert_eq!(
+        post_chat(&gw, &chat_body("up/m", false)).await.status(),
+        503
+    );
+    assert_eq!(endpoint_row(&gw, "a").await["circuit"], "open");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let untranslatable = crate::support::client()
+        .post(gw.url("/api/v1/responses"))
+        .json(&json!({"model": "up/m", "input": "x", "tools": [{"type": "file_search"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(untranslatable.status(), 400);
+    assert_eq!(a.seen().len(), 1, "no call was made");
+    assert_ne!(
+        endpoint_row(&gw, "a").await["circuit"],
+        "closed",
+        "no verdict, so no recovery"
+    );
+    // The next request probes at once, and its failure reopens the circuit.
+    assert_eq!(
+        post_chat(&gw, &chat_body("up/m", false)).await.status(),
+        503
+    );
+    assert_eq!(a.seen().len(), 2, "the probe was not held back");
+    assert_eq!(endpoint_row(&gw, "a").await["circuit"], "open");
+}
+
 #[tokio::test]
 async fn cr07_a_fallback_model_answers_and_only_its_usage_is_billed() {
     let primary = scripted(vec![status(503)]).await;
