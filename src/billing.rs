@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use tokio_util::task::TaskTracker;
 
 use crate::accounts::{now_ms, store_unavailable};
 use crate::config::{usd_string, NanoUsd};
@@ -94,6 +95,8 @@ pub struct Billing {
     store: Store,
     limiter: Arc<dyn RateLimiter>,
     hold_ttl: Duration,
+    /// Every settlement task, so that shutdown can wait for them.
+    settlements: TaskTracker,
 }
 
 impl Billing {
@@ -102,7 +105,15 @@ impl Billing {
             store,
             limiter,
             hold_ttl,
+            settlements: TaskTracker::new(),
         }
+    }
+
+    /// The settlement tasks: the server waits for them (`TaskTracker::wait`
+    /// once closed) after it has ended the last requests, before it stops
+    /// the runtimes they run on.
+    pub fn settlements(&self) -> TaskTracker {
+        self.settlements.clone()
     }
 
     /// Holds the worst-case cost of the request, or refuses it with 402.
@@ -346,7 +357,7 @@ impl Charge {
         let settlement = self.settlement(status, outcome, false, response);
         // A task of its own: if the client leaves while this is awaited (a
         // stream's last frame), the settlement still runs to the end.
-        if let Err(e) = tokio::spawn(settlement.run()).await {
+        if let Err(e) = self.billing.settlements.spawn(settlement.run()).await {
             tracing::error!(error = %e, "settlement task failed; the sweeper will resolve the hold");
         }
     }
@@ -430,7 +441,9 @@ impl Drop for Charge {
         let settlement = self.settlement(status, "client_closed", true, None);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(settlement.run());
+                self.billing
+                    .settlements
+                    .spawn_on(settlement.run(), &runtime);
             }
             Err(_) => tracing::error!(
                 request_id = %self.spec.request_id,

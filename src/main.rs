@@ -157,12 +157,13 @@ fn run(args: ServeArgs) -> ExitCode {
         state.start_sweeper();
         let options = ServerOptions::from(&config.server);
         let flag = state.shutting_down.clone();
+        let settlements = state.gateway.billing.settlements();
         let router = app::router(state);
         let shutdown = async move {
             shutdown_signal().await;
             flag.store(true, Ordering::Relaxed);
         };
-        serve(listener, router, options, shutdown).await;
+        serve(listener, router, options, settlements, shutdown).await;
         ExitCode::SUCCESS
     })
 }

@@ -13,6 +13,7 @@
 //! wake one at nearly every hand-over between tasks.
 
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,6 +22,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 
@@ -48,15 +51,25 @@ impl From<&ServerConfig> for ServerOptions {
     }
 }
 
+/// How long shutdown waits for the work its last requests left behind
+/// (their settlements) once their connections are closed.
+const BACKGROUND_WAIT: Duration = Duration::from_secs(10);
+
 /// The connections one thread serves.
 struct Connections {
     http: hyper::server::conn::http1::Builder,
     graceful: GracefulShutdown,
     app: Router,
+    /// The connections' tasks, so that those still open when the grace
+    /// period ends can be ended while the runtime still runs.
+    tasks: Mutex<JoinSet<()>>,
+    /// Work a request leaves behind when it ends (its settlement), which
+    /// must finish before the runtime it runs on stops.
+    background: TaskTracker,
 }
 
 impl Connections {
-    fn new(app: Router, options: &ServerOptions) -> Self {
+    fn new(app: Router, options: &ServerOptions, background: TaskTracker) -> Self {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout)
@@ -66,6 +79,8 @@ impl Connections {
             http,
             graceful: GracefulShutdown::new(),
             app,
+            tasks: Mutex::default(),
+            background,
         }
     }
 
@@ -74,7 +89,11 @@ impl Connections {
         let service = TowerToHyperService::new(self.app.clone());
         let connection = self.http.serve_connection(TokioIo::new(stream), service);
         let connection = self.graceful.watch(connection);
-        tokio::spawn(async move {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        // The ended ones are let go of here, so the set holds only open
+        // connections.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended: {e}");
             }
@@ -82,12 +101,32 @@ impl Connections {
     }
 
     /// Lets the open connections finish their requests, for at most
-    /// `grace`; whatever is left is dropped with the runtime.
+    /// `grace`, then ends those still open, and waits for the work their
+    /// requests left behind. False if the grace period ran out.
     async fn drain(self, grace: Duration) -> bool {
-        tokio::select! {
+        let drained = tokio::select! {
             () = self.graceful.shutdown() => true,
             () = tokio::time::sleep(grace) => false,
+        };
+        // Ended here, while the runtime runs: a request dropped with its
+        // connection settles its charge from what it delivered, on this
+        // runtime. Dropped with the runtime instead, its settlement would
+        // never run, and the sweeper would charge its hold in full.
+        let mut tasks = self
+            .tasks
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        tasks.shutdown().await;
+        self.background.close();
+        if tokio::time::timeout(BACKGROUND_WAIT, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "settlements still running {BACKGROUND_WAIT:?} after the last connection closed; the sweeper resolves what they leave"
+            );
         }
+        drained
     }
 }
 
@@ -103,7 +142,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(index: usize, app: Router, options: ServerOptions) -> std::io::Result<Self> {
+    fn start(
+        index: usize,
+        app: Router,
+        options: ServerOptions,
+        background: TaskTracker,
+    ) -> std::io::Result<Self> {
         let (handoff, mut incoming) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let (finished, done) = oneshot::channel();
         let (release, released) = oneshot::channel::<()>();
@@ -124,7 +168,7 @@ impl Worker {
                     }
                 };
                 runtime.block_on(async move {
-                    let connections = Connections::new(app, &options);
+                    let connections = Connections::new(app, &options, background);
                     while let Some(stream) = incoming.recv().await {
                         // Registered with this thread's reactor from here on.
                         match TcpStream::from_std(stream) {
@@ -145,16 +189,19 @@ impl Worker {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to
-/// the grace period for open connections to finish their requests.
+/// the grace period for open connections to finish their requests, ends
+/// the rest, and waits for the `background` work (the settlements) of the
+/// requests it ended.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     options: ServerOptions,
+    background: TaskTracker,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut workers = Vec::new();
     for index in 1..options.threads.max(1) {
-        match Worker::start(index, app.clone(), options) {
+        match Worker::start(index, app.clone(), options, background.clone()) {
             Ok(worker) => workers.push(worker),
             Err(e) => {
                 tracing::warn!("cannot start serving thread {index}: {e}; serving on fewer");
@@ -162,7 +209,7 @@ pub async fn serve(
             }
         }
     }
-    let local = Connections::new(app, &options);
+    let local = Connections::new(app, &options, background);
     let mut turn = 0usize;
     tokio::pin!(shutdown);
     loop {
@@ -287,9 +334,15 @@ mod tests {
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let app = Router::new().route("/", get(thread_name));
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, app, options(3), async {
-            let _ = stopped.await;
-        }));
+        let served = tokio::spawn(serve(
+            listener,
+            app,
+            options(3),
+            TaskTracker::new(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let here = std::thread::current().name().unwrap_or("?").to_string();
 
         let mut seen = HashSet::new();
@@ -326,9 +379,15 @@ mod tests {
             }),
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, app, options(2), async {
-            let _ = stopped.await;
-        }));
+        let served = tokio::spawn(serve(
+            listener,
+            app,
+            options(2),
+            TaskTracker::new(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         // The first connection goes to the other thread.
         let pending = tokio::spawn(one_connection().get(&url).send());
         tokio::time::sleep(Duration::from_millis(100)).await;

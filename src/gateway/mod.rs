@@ -94,7 +94,7 @@ pub struct Gateway {
     /// Retry rules by provider name.
     retry: HashMap<String, RetryPolicy>,
     limiter: Arc<dyn RateLimiter>,
-    billing: Arc<Billing>,
+    pub billing: Arc<Billing>,
     store: Store,
     /// Keep-alive interval and total limit for streams; the idle limit
     /// comes from each provider.

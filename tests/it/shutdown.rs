@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::support::postgres::PgDatabase;
 use crate::support::upstream::{chunk, finish_chunk};
 use crate::support::{
     chat_body, content_of, data_json, post_chat, GatewayConfig, Play, Sse, TestGateway, Upstream,
@@ -61,4 +62,63 @@ async fn shutdown_refuses_new_connections_and_lets_the_inflight_stream_finish() 
         gw.stopped_within(Duration::from_secs(10)).await,
         "serve returns once the last stream is done, well before the 20 s grace"
     );
+}
+
+/// A stream still open when the grace period ends is ended by the gateway
+/// while its serving thread still runs, and the thread waits for its
+/// settlement, so its charge settles from what it delivered. Dropped with
+/// the thread's runtime instead, a settlement that has to wait for its
+/// store (Postgres) never finished, and the sweeper would later charge
+/// the whole hold.
+#[tokio::test]
+async fn a_stream_cut_by_the_end_of_the_grace_period_is_settled() {
+    stream_cut_by_shutdown_is_settled(None).await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_the_end_of_the_grace_period_is_settled_on_postgres() {
+    let db = PgDatabase::create().await;
+    stream_cut_by_shutdown_is_settled(Some(&db.url)).await;
+}
+
+async fn stream_cut_by_shutdown_is_settled(store_url: Option<&str>) {
+    let upstream = Upstream::sse(vec![Play::Data(chunk("w0 ")), Play::Hang]).await;
+    let mut config = GatewayConfig::openai(&upstream.base_url)
+        .server("shutdown_grace", "300ms")
+        // The first connection goes to the second serving thread, whose
+        // runtime stops with the server.
+        .server("threads", 2)
+        .model("prompt_price", "1")
+        .model("completion_price", "1")
+        .model("max_output_tokens", 1000);
+    if let Some(url) = store_url {
+        config = config.store("url", url);
+    }
+    let mut gw = TestGateway::with(&config).await;
+    let initial = 1_000_000_000;
+    let (id, key) = gw.key_with_credit(initial).await;
+    let response = gw.chat_as(&key, &chat_body("up/m", true)).await;
+    assert_eq!(response.status(), 200);
+    let mut sse = Sse::new(response);
+    sse.expect_frame(PATIENCE).await;
+    assert_eq!(gw.active_holds().await, 1);
+
+    gw.shutdown();
+    assert!(gw.stopped_within(Duration::from_secs(10)).await);
+    let rest = sse.rest().await;
+    assert!(
+        !rest.iter().any(|f| f == "data: [DONE]"),
+        "the stream was cut: {rest:?}"
+    );
+
+    gw.holds_drain().await;
+    assert_eq!(gw.active_holds().await, 0, "the hold was settled");
+    let ledger = gw.store.credits.ledger(&id).await.unwrap();
+    let held = -ledger.iter().find(|r| r.kind == "hold").unwrap().amount;
+    let charged = initial - gw.balance(&id).await;
+    assert!(
+        charged > 0 && charged < held,
+        "charged {charged} of a {held} hold: what was delivered, not the worst case"
+    );
+    assert_eq!(gw.ledger_sum(&id).await, gw.balance(&id).await);
 }

@@ -96,13 +96,14 @@ impl TestGateway {
         let addr = listener.local_addr().expect("local addr");
         let options = ServerOptions::from(&config.server);
         let flag = state.shutting_down.clone();
+        let settlements = state.gateway.billing.settlements();
         let router = app::router(state);
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = rx.await;
             flag.store(true, Ordering::Relaxed);
         };
-        let served = tokio::spawn(serve(listener, router, options, shutdown));
+        let served = tokio::spawn(serve(listener, router, options, settlements, shutdown));
         Self {
             addr,
             base: format!("http://{addr}"),
