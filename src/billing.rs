@@ -250,6 +250,11 @@ impl Charge {
         self.pricing
     }
 
+    /// When the hold was placed (just before).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The model and endpoint now trying to answer: the usage is priced
     /// at this model's rates (never above the hold) and recorded under it.
     pub fn serve(&mut self, model: &str, provider: &str, prompt: NanoUsd, completion: NanoUsd) {

@@ -112,6 +112,7 @@ impl AppState {
             store: store.clone(),
             keepalive: server.keepalive_interval,
             max_stream_duration: server.max_stream_duration,
+            request_limit: crate::config::longest_request(server, &config.providers),
             responses_retention: config.store.responses_retention,
             searcher: config
                 .web_search

@@ -597,6 +597,22 @@ fn validate_store(
     };
     // A hold must outlive the longest request, or the sweeper would settle
     // a request that is still running.
+    let longest = longest_request(server, providers);
+    if store.hold_ttl <= longest {
+        check.report(
+            "store.hold_ttl",
+            format!("{:?} is not longer than the longest request ({longest:?}: max_stream_duration + first_byte_timeout, or total_timeout)", store.hold_ttl),
+            "raise hold_ttl, or lower those limits",
+        );
+    }
+    store
+}
+
+/// The longest a request may take, all its attempts, fallbacks and
+/// rounds included: a stream's first content and its whole length, or a
+/// complete answer. The gateway ends a request at this limit, and a hold
+/// (`store.hold_ttl`) must outlive it.
+pub fn longest_request(server: &ServerConfig, providers: &[ProviderConfig]) -> Duration {
     let first_byte = providers
         .iter()
         .map(|p| p.timeouts.first_byte)
@@ -607,15 +623,7 @@ fn validate_store(
         .map(|p| p.timeouts.total)
         .max()
         .unwrap_or_default();
-    let longest = (server.max_stream_duration + first_byte).max(total);
-    if store.hold_ttl <= longest {
-        check.report(
-            "store.hold_ttl",
-            format!("{:?} is not longer than the longest request ({longest:?}: max_stream_duration + first_byte_timeout, or total_timeout)", store.hold_ttl),
-            "raise hold_ttl, or lower those limits",
-        );
-    }
-    store
+    (server.max_stream_duration + first_byte).max(total)
 }
 
 fn validate_keys(raw: &RawKeys, check: &mut Checker<'_>) -> KeysConfig {

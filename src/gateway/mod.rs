@@ -100,6 +100,9 @@ pub struct Gateway {
     /// comes from each provider.
     keepalive: Duration,
     max_stream_duration: Duration,
+    /// The longest a request may take, all its attempts included
+    /// (`config::longest_request`): a hold outlives it.
+    request_limit: Duration,
     /// How long stored responses are kept.
     responses_retention: Duration,
     /// The web search backend, if the operator configured one.
@@ -122,6 +125,7 @@ pub struct GatewayParts {
     pub store: Store,
     pub keepalive: Duration,
     pub max_stream_duration: Duration,
+    pub request_limit: Duration,
     pub responses_retention: Duration,
     pub searcher: Option<Arc<Searcher>>,
     pub mcp: Arc<mcp::run::McpSetup>,
@@ -139,6 +143,7 @@ impl Gateway {
             store: parts.store,
             keepalive: parts.keepalive,
             max_stream_duration: parts.max_stream_duration,
+            request_limit: parts.request_limit,
             responses_retention: parts.responses_retention,
             searcher: parts.searcher,
             mcp: parts.mcp,
@@ -781,6 +786,7 @@ impl Gateway {
     ) -> Result<Reply, Option<GatewayError>> {
         let mut tries = vec![0u32; group.len()];
         let mut waits: Vec<Option<Duration>> = vec![None; group.len()];
+        let deadline = self.deadline(charge);
         loop {
             let mut tried = false;
             for (i, candidate) in group.iter().enumerate() {
@@ -788,6 +794,9 @@ impl Gateway {
                 let policy = self.retry_policy(&endpoint.provider);
                 if tries[i] >= policy.max_attempts {
                     continue;
+                }
+                if Instant::now() >= deadline {
+                    return Err(Some(run.out_of_time(self.request_limit)));
                 }
                 if let Err(until) = self.router.admit(endpoint) {
                     run.notes.push(format!(
@@ -809,6 +818,9 @@ impl Gateway {
                     let delay = waits[i]
                         .take()
                         .unwrap_or_else(|| backoff(&policy, tries[i]));
+                    if Instant::now() + delay >= deadline {
+                        return Err(Some(run.out_of_time(self.request_limit)));
+                    }
                     tokio::time::sleep(delay).await;
                 }
                 tries[i] += 1;
@@ -858,6 +870,13 @@ impl Gateway {
                 return Err(None);
             }
         }
+    }
+
+    /// When the request must be over: its limit from when its hold was
+    /// placed, so that it ends before the hold expires (and the sweeper
+    /// charges it in full) whatever its fallbacks, retries and rounds.
+    fn deadline(&self, charge: &Charge) -> Instant {
+        Instant::from_std(charge.started()) + self.request_limit
     }
 
     fn retry_policy(&self, provider: &str) -> RetryPolicy {
@@ -927,11 +946,13 @@ impl Gateway {
             api,
         };
         let started = Instant::now();
+        let deadline = self.deadline(charge);
         let limit = if stream {
             timeouts.first_byte
         } else {
             timeouts.total
-        };
+        }
+        .min(deadline.saturating_duration_since(started));
         let rehearsal = provider.rehearses_faults();
         let fail = |e: ProviderError| Failure::of(provider.name(), e).rehearsed(rehearsal);
         let reply = tokio::time::timeout(limit, provider.chat(call))
@@ -978,6 +999,7 @@ impl Gateway {
         let open = Opening {
             events,
             started,
+            deadline,
             first_byte: timeouts.first_byte,
             idle: timeouts.idle,
             rehearsal,
@@ -1018,13 +1040,14 @@ impl Gateway {
         let Opening {
             mut events,
             started,
+            deadline,
             first_byte,
             idle,
             rehearsal,
             model,
             ctx,
         } = open;
-        let first_byte_deadline = started + first_byte;
+        let first_byte_deadline = (started + first_byte).min(deadline);
         let mut held = BytesMut::new();
         let finished = loop {
             let next = tokio::time::timeout_at(first_byte_deadline, events.next())
@@ -1052,7 +1075,11 @@ impl Gateway {
         let limits = StreamLimits {
             keepalive: self.keepalive,
             idle,
-            max_duration: self.max_stream_duration,
+            // Within the request's own limit, which its attempts used up
+            // some of.
+            max_duration: self
+                .max_stream_duration
+                .min(deadline.saturating_duration_since(Instant::now())),
         };
         crate::metrics::first_token(model, started.elapsed());
         let ctx = ctx.clone();
@@ -1071,6 +1098,8 @@ impl Gateway {
 struct Opening<'a> {
     events: EventStream,
     started: Instant,
+    /// When the request must be over (`Gateway::deadline`).
+    deadline: Instant,
     first_byte: Duration,
     idle: Duration,
     rehearsal: bool,
@@ -1185,6 +1214,20 @@ struct Attempts {
 }
 
 impl Attempts {
+    /// The answer when the request's time ran out before an endpoint
+    /// answered: the last failure, or else a 503 saying so.
+    fn out_of_time(&mut self, limit: Duration) -> GatewayError {
+        self.notes
+            .push(format!("the request reached its limit of {limit:?}"));
+        if self.last.is_none() {
+            self.last = Some(GatewayError::unavailable(
+                "request_too_long",
+                format!("The request reached the gateway's limit of {limit:?} before a provider answered. Retry later, or with fewer fallbacks."),
+            ));
+        }
+        self.all_failed()
+    }
+
     /// The answer when no endpoint served the request: the last failure's
     /// status and code, with every attempt listed. When circuits kept
     /// endpoints out, `Retry-After` says when the first one may be tried.

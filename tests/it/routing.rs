@@ -499,6 +499,49 @@ async fn with_every_endpoint_paused_the_answer_is_an_immediate_503_with_retry_af
     );
 }
 
+/// A request never outlives its limit (`max_stream_duration` plus the
+/// first-byte timeout, or the total timeout): its hold expires soon after,
+/// and the sweeper would charge a request still running in full. Here the
+/// first endpoint's total timeout uses up the request's limit, so the
+/// endpoints after it are never called.
+#[tokio::test]
+async fn fallbacks_stop_at_the_requests_own_time_limit() {
+    let hanging = || {
+        Upstream::start(|_| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            respond(500, &[], Body::from("late"))
+        })
+    };
+    let (a, b, c) = (hanging().await, hanging().await, hanging().await);
+    let mut toml = config(
+        &[("a", &a.base_url), ("b", &b.base_url), ("c", &c.base_url)],
+        "total_timeout = \"400ms\"\nfirst_byte_timeout = \"100ms\"",
+        &model_on(&["a", "b", "c"]),
+    );
+    toml = toml.replace(
+        "threads = 1\n",
+        "threads = 1\nmax_stream_duration = \"100ms\"\n",
+    );
+    let gw = gateway(&toml).await;
+    let e = error_reply(post_chat(&gw, &chat_body("up/m", false)).await).await;
+    assert_eq!(e.status, 503);
+    assert_eq!(e.error["code"], "provider_timeout");
+    assert!(
+        e.error["message"]
+            .as_str()
+            .unwrap()
+            .contains("the request reached its limit of 400ms"),
+        "{}",
+        e.error["message"]
+    );
+    assert_eq!(a.seen().len(), 1);
+    assert_eq!(
+        (b.seen().len(), c.seen().len()),
+        (0, 0),
+        "no attempt starts past the request's limit"
+    );
+}
+
 /// A request that cannot be sent to an endpoint (a Responses tool with no
 /// Chat Completions form) makes no call, so it says nothing of the
 /// endpoint's health: a probe it was let through as neither closes the
