@@ -241,6 +241,13 @@ impl ChunkRelay {
                 ProviderError::StreamError(message),
             ));
         }
+        // Not a chunk: an event of the upstream's own (a named `ping`, say,
+        // whose name the parser drops) carries nothing a chunk could, and
+        // has no `choices` for a client to read. It shows the upstream is
+        // alive.
+        if !chunk.contains_key("choices") && !chunk.contains_key("usage") {
+            return Read::Keepalive;
+        }
         if let Some(id) = chunk.get("id").and_then(Value::as_str) {
             if self.id.is_none() {
                 self.id = Some(id.to_string());
@@ -735,6 +742,17 @@ mod tests {
         assert!(matches!(r.eof(), Step::Fail(_)), "choice 1 was cut");
         r.on_event(both_done);
         assert!(matches!(r.eof(), Step::Done));
+    }
+
+    #[test]
+    fn an_event_that_is_not_a_chunk_is_not_forwarded_as_one() {
+        let mut r = ChunkRelay::new("up", "up/m", false);
+        // `event: ping` with `data: {"type":"ping"}`.
+        match r.on_event(r#"{"type":"ping"}"#) {
+            Step::Send(frame) => assert_eq!(&frame[..], KEEPALIVE_FRAME),
+            other => panic!("{other:?}"),
+        }
+        assert!(!r.has_content());
     }
 
     #[test]
