@@ -444,9 +444,15 @@ impl Gateway {
                 .map(|m| m.id.as_str())
                 .collect();
             if !blind.is_empty() {
+                let what = match at.as_str() {
+                    "previous_response_id" => {
+                        "The conversation of previous_response_id holds an image".to_string()
+                    }
+                    at => format!("{at} is an image"),
+                };
                 return Err(GatewayError::bad_request(
                     "image_not_supported",
-                    format!("{at} is an image, and {} reads text only. Send text, or use a model whose GET /api/v1/models entry lists \"image\" in architecture.input_modalities.", blind.join(", ")),
+                    format!("{what}, and {} reads text only. Send text, or use a model whose GET /api/v1/models entry lists \"image\" in architecture.input_modalities.", blind.join(", ")),
                     Some(at),
                 ));
             }

@@ -44,7 +44,8 @@ pub struct ChatRequest {
     /// `provider`: which providers may serve it, in which order.
     pub prefs: ProviderPrefs,
     /// Where the first image of the request is (`messages[0].content[1]`),
-    /// if it has one.
+    /// if it has one; `previous_response_id` when it is in the stored
+    /// conversation a Responses request continues.
     pub image_at: Option<String>,
     /// Web search the request asks for (`gateway::websearch`).
     pub web_search: Option<super::websearch::WebSearch>,
@@ -232,19 +233,24 @@ fn first_image(body: &Map<String, Value>) -> Option<String> {
         let Some(Value::Array(items)) = body.get(list) else {
             continue;
         };
-        for (i, item) in items.iter().enumerate() {
-            let Some(Value::Array(parts)) = item.get("content") else {
-                continue;
-            };
-            if let Some(j) = parts
-                .iter()
-                .position(|p| p.get("type").and_then(Value::as_str) == Some(kind))
-            {
-                return Some(format!("{list}[{i}].content[{j}]"));
-            }
+        if let Some((i, j)) = image_part(items, kind) {
+            return Some(format!("{list}[{i}].content[{j}]"));
         }
     }
     None
+}
+
+/// The item and part indices of the first content part of type `kind`.
+pub fn image_part(items: &[Value], kind: &str) -> Option<(usize, usize)> {
+    items.iter().enumerate().find_map(|(i, item)| {
+        let Some(Value::Array(parts)) = item.get("content") else {
+            return None;
+        };
+        parts
+            .iter()
+            .position(|p| p.get("type").and_then(Value::as_str) == Some(kind))
+            .map(|j| (i, j))
+    })
 }
 
 fn strings(value: &Value, field: &str) -> Result<Vec<String>, GatewayError> {

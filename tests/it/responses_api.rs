@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use serde_json::{json, Value};
 
-use crate::support::gateway::GatewayConfig;
+use crate::support::gateway::{GatewayConfig, UP_KEY, UP_KEY_ENV};
 use crate::support::upstream::{
     chunk, completion, respond, sse_response, usage_chunk, Play, Upstream,
 };
@@ -799,4 +799,143 @@ async fn an_image_for_a_text_only_model_is_a_400_naming_it() {
     let e: Value = chat.json().await.unwrap();
     assert_eq!(e["error"]["param"], "messages[0].content[0]");
     assert!(upstream.seen().is_empty(), "nothing went upstream");
+}
+
+#[tokio::test]
+async fn a_400_about_a_new_item_indexes_the_input_as_sent_after_a_stored_chain() {
+    let upstream = counting_upstream().await;
+    let text_only = toml::Value::Array(vec!["text".into()]);
+    let gw = TestGateway::with(
+        &GatewayConfig::openai(&upstream.base_url).model("input_modalities", text_only),
+    )
+    .await;
+    let first: Value = create(&gw, None, &json!({"model": "up/m", "input": "one"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The chain now holds two items (the input and the answer); the
+    // client's own first item is still input[0].
+    let mut named = Vec::new();
+    for part in [
+        json!({"type": "input_file", "file_id": "file_1"}),
+        json!({"type": "input_image", "image_url": "https://example.com/cat.png"}),
+    ] {
+        let response = create(
+            &gw,
+            None,
+            &json!({"model": "up/m", "previous_response_id": first["id"], "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "and this?"}, part]}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+        let e: Value = response.json().await.unwrap();
+        named.push((e["error"]["code"].clone(), e["error"]["param"].clone()));
+    }
+    assert_eq!(
+        named,
+        [
+            (json!("invalid_request"), json!("input[0].content[1]")),
+            (json!("image_not_supported"), json!("input[0].content[1]")),
+        ]
+    );
+    assert_eq!(
+        upstream.seen().len(),
+        1,
+        "only the first turn went upstream"
+    );
+}
+
+/// A gateway with a native Responses model `nat/m` served from `native`
+/// and a translated, text-only model `up/m` served from `chat`.
+async fn native_and_translated(native: &str, chat: &str) -> TestGateway {
+    let toml = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[routing]
+circuit_failures = 1000
+
+[[providers]]
+name = "nat"
+kind = "openai"
+base_url = "{native}"
+api_key_env = "{UP_KEY_ENV}"
+native_responses = true
+max_attempts = 1
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "{chat}"
+api_key_env = "{UP_KEY_ENV}"
+max_attempts = 1
+
+[[models]]
+id = "nat/m"
+upstream = "m-native"
+
+[[models]]
+id = "up/m"
+upstream = "m-upstream"
+input_modalities = ["text"]
+"#
+    );
+    TestGateway::start_with_env(&toml, &[(UP_KEY_ENV, UP_KEY)]).await
+}
+
+/// A Responses API upstream that answers "Hi", not streamed.
+async fn native_upstream() -> Upstream {
+    Upstream::start_at("/v1/responses", |_| async {
+        let body = json!({"id": "resp_up", "object": "response", "created_at": 1, "status": "completed",
+            "model": "m-native", "store": false, "previous_response_id": null,
+            "output": [{"id": "msg_up", "type": "message", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hi", "annotations": []}]}],
+            "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}});
+        respond(200, &[], Body::from(body.to_string()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stored_item_a_model_cannot_take_is_a_400_naming_previous_response_id() {
+    let native = native_upstream().await;
+    let chat = counting_upstream().await;
+    let gw = native_and_translated(&native.base_url, &chat.base_url).await;
+    // Turns a native model took, continued on a translated, text-only one:
+    // the client sends nothing wrong in this request.
+    let mut named = Vec::new();
+    for part in [
+        json!({"type": "input_file", "file_id": "file_1"}),
+        json!({"type": "input_image", "image_url": "https://example.com/cat.png"}),
+    ] {
+        let first = create(
+            &gw,
+            None,
+            &json!({"model": "nat/m", "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "look"}, part]}]}),
+        )
+        .await;
+        assert_eq!(first.status(), 200);
+        let first: Value = first.json().await.unwrap();
+        let response = create(
+            &gw,
+            None,
+            &json!({"model": "up/m", "input": "go on", "previous_response_id": first["id"]}),
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+        let e: Value = response.json().await.unwrap();
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains("previous_response_id"), "{message}");
+        named.push((e["error"]["code"].clone(), e["error"]["param"].clone()));
+    }
+    assert_eq!(
+        named,
+        [
+            (json!("invalid_request"), json!("previous_response_id")),
+            (json!("image_not_supported"), json!("previous_response_id")),
+        ]
+    );
+    assert!(chat.seen().is_empty(), "nothing went to the chat upstream");
 }

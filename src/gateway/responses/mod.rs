@@ -24,7 +24,9 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::error::{ErrorKind, GatewayError};
-use super::request::{optional_bool, optional_count, parse_object, wrong_type, ChatRequest};
+use super::request::{
+    image_part, optional_bool, optional_count, parse_object, wrong_type, ChatRequest,
+};
 use crate::accounts::{now_ms, store_unavailable};
 use crate::store::{ResponseStore, StoredResponse};
 use translate::ResponseMeta;
@@ -232,8 +234,10 @@ pub async fn prepare(
         None => Vec::new(),
     };
 
-    // The translation sees the whole conversation, and not the web_search
-    // tool: the gateway runs that one itself (a native provider gets it).
+    // The translation sees the whole conversation (the history apart, so
+    // that an error names `input` as the client sent it), and not the
+    // web_search tool: the gateway runs that one itself (a native provider
+    // gets it).
     let mut whole = request.clone();
     let web_search = super::websearch::take_from_responses(&mut whole);
     let mcp_tools = super::mcp::take_tools(&mut whole, false)?;
@@ -251,8 +255,8 @@ pub async fn prepare(
         decisions,
         max_tool_calls,
     });
-    whole.insert("input".into(), Value::Array(all_items));
-    let chat = translate::to_chat(&whole);
+    whole.insert("input".into(), Value::Array(input.clone()));
+    let chat = translate::to_chat(&whole, &history);
 
     // A native provider gets the same conversation, the gateway keeping
     // the state: no previous_response_id, and nothing stored upstream.
@@ -270,6 +274,16 @@ pub async fn prepare(
         native.insert("input".into(), Value::Array(items));
     }
 
+    // The body's `input` may start with the history: the image check
+    // names the client's own input, or the stored chain.
+    let image_at = match (
+        image_part(&input, "input_image"),
+        image_part(&history, "input_image"),
+    ) {
+        (Some((i, j)), _) => Some(format!("input[{i}].content[{j}]")),
+        (None, Some(_)) => Some("previous_response_id".to_string()),
+        (None, None) => None,
+    };
     let created_at_ms = now_ms();
     let id = new_id("resp");
     let saver = keep.then(|| Saver {
@@ -280,6 +294,7 @@ pub async fn prepare(
         created_at_ms,
     });
     let mut typed = ChatRequest::from_map(native, false)?;
+    typed.image_at = image_at;
     typed.max_tokens = max_output;
     typed.client_wants_usage = false;
     typed.web_search = web_search;

@@ -5,6 +5,8 @@
 //!   `input` (a string, or items: messages with `input_text` /
 //!   `input_image` parts, `function_call`, `function_call_output`; the
 //!   gateway's own `web_search_call` and MCP items of earlier turns),
+//!   after the stored conversation it continues (an error there names
+//!   `previous_response_id`, one in `input` its index as sent),
 //!   `instructions`, function `tools`, `tool_choice`,
 //!   `parallel_tool_calls`, `max_output_tokens`, `temperature`, `top_p`,
 //!   `text.format` (→ `response_format`), `reasoning.effort`. Fields the
@@ -63,8 +65,12 @@ fn bad(param: &str, message: impl Into<String>) -> GatewayError {
     GatewayError::bad_request("invalid_request", message.into(), Some(param))
 }
 
-/// The Chat Completions body for a Responses request.
-pub fn to_chat(req: &Map<String, Value>) -> Result<Map<String, Value>, GatewayError> {
+/// The Chat Completions body for a Responses request whose conversation
+/// so far (`previous_response_id`) is `history`, put before its `input`.
+pub fn to_chat(
+    req: &Map<String, Value>,
+    history: &[Value],
+) -> Result<Map<String, Value>, GatewayError> {
     let mut out = Map::new();
     // The routing fields are still in `req` (`ChatRequest::from_map` takes
     // them from another copy): they are the gateway's and never go upstream.
@@ -88,6 +94,9 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Map<String, Value>, GatewayEr
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
         Some(_) => return Err(bad("instructions", "`instructions` must be a string.")),
+    }
+    for item in history {
+        input_item(item, "previous_response_id", &mut messages).map_err(in_history)?;
     }
     match req.get("input") {
         None | Some(Value::Null) => {
@@ -212,6 +221,18 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Map<String, Value>, GatewayEr
         out.insert("stream".into(), Value::Bool(true));
     }
     Ok(out)
+}
+
+/// A stored item of the conversation this model cannot take (one a native
+/// provider took in an earlier turn): the client did not send it in this
+/// request, so the error names the chain, not a place in `input`.
+fn in_history(mut e: GatewayError) -> GatewayError {
+    e.param = Some("previous_response_id".into());
+    e.message = format!(
+        "The conversation of previous_response_id holds an item this model cannot take: {} Continue it on the model that answered it, or start a new conversation.",
+        e.message
+    );
+    e
 }
 
 /// Appends the Chat Completions messages of one input item. Consecutive
@@ -506,7 +527,7 @@ mod tests {
     use super::*;
 
     fn chat(req: Value) -> Value {
-        Value::Object(to_chat(req.as_object().unwrap()).unwrap())
+        Value::Object(to_chat(req.as_object().unwrap(), &[]).unwrap())
     }
 
     #[test]
@@ -606,10 +627,36 @@ mod tests {
                 "prompt",
             ),
         ] {
-            let e = to_chat(req.as_object().unwrap()).unwrap_err();
+            let e = to_chat(req.as_object().unwrap(), &[]).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{req}");
             assert_eq!(e.kind.status(), 400);
         }
+    }
+
+    #[test]
+    fn the_stored_conversation_is_put_first_and_its_errors_name_the_chain() {
+        let history = [
+            json!({"type": "message", "role": "user", "content": "one"}),
+            json!({"type": "message", "role": "assistant", "content": "two"}),
+        ];
+        let req = json!({"model": "m", "input": [{"role": "user", "content": "three"}]});
+        let messages = to_chat(req.as_object().unwrap(), &history).unwrap()["messages"].clone();
+        assert_eq!(
+            messages,
+            json!([{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
+                {"role": "user", "content": "three"}])
+        );
+        let bad = json!({"role": "user", "content": [{"type": "input_file", "file_id": "f"}]});
+        let req = json!({"model": "m", "input": [bad]});
+        let e = to_chat(req.as_object().unwrap(), &history).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[0].content[0]"));
+        let e = to_chat(
+            json!({"model": "m", "input": "x"}).as_object().unwrap(),
+            &[history[0].clone(), bad],
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("previous_response_id"));
+        assert!(e.message.contains("input_file"), "{}", e.message);
     }
 
     #[test]
