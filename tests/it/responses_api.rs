@@ -939,3 +939,112 @@ async fn a_stored_item_a_model_cannot_take_is_a_400_naming_previous_response_id(
     );
     assert!(chat.seen().is_empty(), "nothing went to the chat upstream");
 }
+
+#[tokio::test]
+async fn listed_input_items_carry_the_ids_and_statuses_the_spec_requires() {
+    // Calls get_weather until it has the tool's answer.
+    let upstream = Upstream::start(|seen| async move {
+        let answered = seen.body["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+        let mut body = completion("Sunny.");
+        if !answered {
+            body["choices"][0]["message"] = json!({"role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_7", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]});
+            body["choices"][0]["finish_reason"] = json!("tool_calls");
+        }
+        respond(200, &[], Body::from(body.to_string()))
+    })
+    .await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    let tools =
+        json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let list = |id: &Value, query: &str| {
+        let path = format!(
+            "/api/v1/responses/{}/input_items{query}",
+            id.as_str().unwrap()
+        );
+        let gw = &gw;
+        async move {
+            let page = get(gw, None, &path).await;
+            assert_eq!(page.status(), 200);
+            page.json::<Value>().await.unwrap()
+        }
+    };
+
+    let first: Value = create(
+        &gw,
+        None,
+        &json!({"model": "up/m", "input": "Weather in Oslo?", "tools": tools}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(first["output"][0]["type"], "function_call");
+    let second: Value = create(
+        &gw,
+        None,
+        &json!({"model": "up/m", "previous_response_id": first["id"], "tools": tools,
+            "input": [{"type": "function_call_output", "call_id": "call_7", "output": "sunny"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(second["output"][0]["content"][0]["text"], "Sunny.");
+    let items = list(&second["id"], "").await;
+    let output = &items["data"][0];
+    assert_eq!(output["type"], "function_call_output");
+    assert!(output["id"].is_string(), "{output}");
+    assert_eq!(output["status"], "completed", "{output}");
+
+    // The same conversation sent whole, the call written by hand without
+    // an id or a status.
+    let third: Value = create(
+        &gw,
+        None,
+        &json!({"model": "up/m", "tools": tools, "input": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": "Let me look."},
+            {"type": "function_call", "call_id": "call_7", "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"},
+            {"type": "function_call_output", "call_id": "call_7", "output": "sunny"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let items = list(&third["id"], "?order=asc").await;
+    let data = items["data"].as_array().unwrap();
+    let kinds: Vec<&str> = data.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "message",
+            "message",
+            "function_call",
+            "function_call_output"
+        ]
+    );
+    for item in data {
+        assert!(item["id"].is_string(), "{item}");
+        assert_eq!(item["status"], "completed", "{item}");
+    }
+    // An assistant message is an OutputMessage: its text part states its
+    // annotations and logprobs.
+    assert_eq!(
+        data[1]["content"],
+        json!([{"type": "output_text", "text": "Let me look.", "annotations": [], "logprobs": []}])
+    );
+    assert_eq!(items["first_id"], data[0]["id"]);
+    assert_eq!(items["last_id"], data[3]["id"]);
+
+    // A page past the last item is empty, its ids still strings.
+    let last = data[3]["id"].as_str().unwrap();
+    let empty = list(&third["id"], &format!("?order=asc&after={last}")).await;
+    assert_eq!(
+        empty,
+        json!({"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": false})
+    );
+}

@@ -311,7 +311,9 @@ pub async fn prepare(
 
 /// `input` as items, each with an id, as `input_items` lists them: a
 /// string is one user message; a message's string content becomes one
-/// text part.
+/// text part. A listed message, function call or function call output is
+/// an item resource, which the spec gives a status: one sent without it
+/// (or with null) is stored as completed.
 fn input_items(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
     let items = match input {
         None | Some(Value::Null) => {
@@ -353,15 +355,21 @@ fn input_items(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
             };
             if let Some(Value::String(text)) = item.get("content") {
                 let parts = if part == "output_text" {
-                    json!([{"type": part, "text": text, "annotations": []}])
+                    json!([{"type": part, "text": text, "annotations": [], "logprobs": []}])
                 } else {
                     json!([{"type": part, "text": text}])
                 };
                 item.insert("content".into(), parts);
             }
-            item.entry("status").or_insert(json!("completed"));
         }
-        if !item.contains_key("id") {
+        let missing =
+            |item: &Map<String, Value>, key: &str| item.get(key).is_none_or(Value::is_null);
+        if ["message", "function_call", "function_call_output"].contains(&kind.as_str())
+            && missing(&item, "status")
+        {
+            item.insert("status".into(), json!("completed"));
+        }
+        if missing(&item, "id") {
             let prefix = match kind.as_str() {
                 "function_call" => "fc",
                 "function_call_output" => "fco",
@@ -508,7 +516,8 @@ pub fn input_items_page(
         .take(limit)
         .map(|v| (*v).clone())
         .collect();
-    let id_of = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned().unwrap_or(Value::Null);
+    // The spec's ResponseItemList has string ids even for an empty page.
+    let id_of = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned().unwrap_or(json!(""));
     Ok(json!({
         "object": "list",
         "data": page,
@@ -546,10 +555,13 @@ mod tests {
             json!([{"type": "input_text", "text": "hi"}])
         );
         assert!(items[0]["id"].as_str().unwrap().starts_with("msg_"));
-        let sent =
-            json!([{"type": "function_call_output", "call_id": "c", "output": "x", "id": "mine"}]);
+        let sent = json!([
+            {"type": "function_call_output", "call_id": "c", "output": "x", "id": "mine"},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "id": null, "status": null}]);
         let items = input_items(Some(&sent)).unwrap();
         assert_eq!(items[0]["id"], "mine");
+        assert!(items[1]["id"].as_str().unwrap().starts_with("fc_"));
+        assert!(items.iter().all(|i| i["status"] == "completed"));
         assert!(input_items(Some(&json!([1]))).is_err());
         assert!(input_items(None).is_err());
     }
@@ -573,6 +585,12 @@ mod tests {
         let page = input_items_page(&items, Some("asc"), Some("i2"), None).unwrap();
         assert_eq!(ids(&page), ["i3", "i4"]);
         assert_eq!(page["has_more"], false);
+        let page = input_items_page(&items, Some("asc"), Some("i4"), None).unwrap();
+        assert_eq!(ids(&page), [] as [&str; 0]);
+        assert_eq!(
+            (&page["first_id"], &page["last_id"]),
+            (&json!(""), &json!(""))
+        );
         for (order, after, limit) in [
             (Some("up"), None, None),
             (None, Some("nope"), None),

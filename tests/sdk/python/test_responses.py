@@ -137,7 +137,7 @@ def test_every_streamed_event_and_object_matches_the_spec(base_url: str, client:
         check("Response", json.load(r))
 
 
-def test_function_call_round_trip(client: openai.OpenAI) -> None:
+def test_function_call_round_trip(base_url: str, client: openai.OpenAI) -> None:
     first = client.responses.create(model=ECHO, input="Paris", tools=[WEATHER])
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 1
@@ -154,6 +154,28 @@ def test_function_call_round_trip(client: openai.OpenAI) -> None:
     )
     assert "sunny, 21 C" in second.output_text
     assert second.previous_response_id == first.id
+
+    # The listed input items are item resources: the output, and a call
+    # written by hand without an id or a status, get both; a page past
+    # the end still has string ids.
+    resent = client.responses.create(
+        model=ECHO,
+        tools=[WEATHER],
+        input=[
+            {"role": "user", "content": "Paris"},
+            {"role": "assistant", "content": "Let me look."},
+            {"type": "function_call", "call_id": call.call_id, "name": "get_weather", "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"},
+        ],
+    )
+    for response in [second, resent]:
+        with raw_request(f"{base_url}/responses/{response.id}/input_items") as r:
+            page = json.load(r)
+        check("ResponseItemList", page)
+    with raw_request(f"{base_url}/responses/{resent.id}/input_items?after={page['last_id']}") as r:
+        empty = json.load(r)
+    check("ResponseItemList", empty)
+    assert empty["data"] == []
 
 
 def test_three_turn_previous_response_id_chain(client: openai.OpenAI) -> None:
