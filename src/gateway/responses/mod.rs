@@ -385,8 +385,15 @@ fn input_items(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
 
 /// An item as input for a provider that keeps no state: the MCP items the
 /// gateway made become the function call and output they stand for (or
-/// nothing), and other items lose their ids.
+/// nothing), a web search is left out, and other items lose their ids.
 fn native_item(item: &Value) -> Vec<Value> {
+    // A web_search_call needs its id, which would name an item the
+    // provider never stored (the gateway's own search, or one made with
+    // `store: false`); the two cannot be told apart. As in a translated
+    // turn it adds nothing: the message after it holds the answer.
+    if item.get("type").and_then(Value::as_str) == Some("web_search_call") {
+        return Vec::new();
+    }
     if !super::mcp::is_mcp_item(item) {
         return vec![without_id(item)];
     }
