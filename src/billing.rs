@@ -66,11 +66,25 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
             _ => 0,
         }
     }
-    let messages = body.get("messages").and_then(Value::as_array);
-    let per_message = messages.map_or(0, |m| m.len() as u64 * 4);
-    let chars = messages.map_or(0, |m| m.iter().map(text_len).sum::<u64>())
-        + body.get("tools").map_or(0, |t| t.to_string().len() as u64);
-    chars.div_ceil(4) + per_message + 3
+    // A chat body's `messages`; a Responses body's `input` (a string, or
+    // items, with any stored conversation it continues in front) and
+    // `instructions`.
+    let mut turns = 0;
+    let mut chars = body.get("tools").map_or(0, |t| t.to_string().len() as u64);
+    for field in ["messages", "input", "instructions"] {
+        match body.get(field) {
+            Some(Value::Array(items)) => {
+                turns += items.len() as u64;
+                chars += items.iter().map(text_len).sum::<u64>();
+            }
+            Some(text @ Value::String(_)) => {
+                turns += 1;
+                chars += text_len(text);
+            }
+            _ => {}
+        }
+    }
+    chars.div_ceil(4) + turns * 4 + 3
 }
 
 /// What a request asks for, to price its hold.
@@ -558,6 +572,22 @@ mod tests {
             ..p
         };
         assert_eq!(capped.cost(&usage(10, 5)), 1500);
+    }
+
+    #[test]
+    fn prompt_estimate_counts_a_responses_input_and_instructions() {
+        let text = "x".repeat(4000);
+        let chat = json!({"messages": [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": text}]});
+        let as_string = json!({"instructions": "Be brief.", "input": text});
+        let as_items = json!({"instructions": "Be brief.",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": text}]}]});
+        let chat = estimate_prompt_tokens(chat.as_object().unwrap());
+        assert!(chat > 1000, "{chat}");
+        for body in [as_string, as_items] {
+            let n = estimate_prompt_tokens(body.as_object().unwrap());
+            assert!(n.abs_diff(chat) < 20, "{n} against {chat} for {body}");
+        }
     }
 
     #[test]

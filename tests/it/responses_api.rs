@@ -1048,3 +1048,29 @@ async fn listed_input_items_carry_the_ids_and_statuses_the_spec_requires() {
         json!({"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": false})
     );
 }
+
+/// A Responses request's hold counts its `input` and `instructions`, as a
+/// chat request's counts its `messages`: a key that cannot cover a long
+/// conversation is refused with 402 before any call, not served for the
+/// price of a few tokens.
+#[tokio::test]
+async fn the_hold_of_a_responses_request_covers_its_input() {
+    let upstream = Upstream::json(200, completion("ok")).await;
+    let gw = TestGateway::with(&priced(&upstream.base_url)).await;
+    // $0.5: 500 prompt tokens' worth, or 100 output tokens and change.
+    let (key_id, key) = gw.key_with_credit(500_000_000).await;
+    let long = "word ".repeat(2000);
+    for input in [json!(long), json!([{"role": "user", "content": long}])] {
+        let e = crate::support::error_reply(
+            create(&gw, Some(&key), &json!({"model": "up/m", "input": input})).await,
+        )
+        .await;
+        assert_eq!(e.status, 402, "{}", e.error);
+        assert_eq!(e.error["code"], "insufficient_credits");
+    }
+    assert!(upstream.seen().is_empty(), "no call was made");
+    assert_eq!(gw.balance(&key_id).await, 500_000_000);
+    // A short one passes.
+    let ok = create(&gw, Some(&key), &json!({"model": "up/m", "input": "hi"})).await;
+    assert_eq!(ok.status(), 200);
+}
