@@ -175,15 +175,19 @@ impl Guard {
         }
         self.resolve(
             host.trim_matches(['[', ']']),
-            parsed.port_or_known_default().unwrap_or(443),
+            Some(parsed.port_or_known_default().unwrap_or(443)),
         )
         .await
         .map(drop)
     }
 
     /// The addresses of `host`, every one of them public: pinned ones, or
-    /// looked up, checked and pinned.
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, McpError> {
+    /// looked up, checked and pinned. `port` is the URL's when `check`
+    /// asks, so that a host allowlisted on one port is trusted on that
+    /// port only; `None` for the client's resolver, which sees no port, for
+    /// a URL that `check` has judged.
+    async fn resolve(&self, host: &str, port: Option<u16>) -> Result<Vec<SocketAddr>, McpError> {
+        let at = port.unwrap_or(0);
         let key = host.to_ascii_lowercase();
         let pinned = {
             let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,19 +195,16 @@ impl Guard {
             pins.get(&key).map(|(_, ips)| ips.clone())
         };
         if let Some(ips) = pinned {
-            return Ok(ips
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect());
+            return Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, at)).collect());
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, at))
             .await
             .map_err(|e| refused(format!("{host} does not resolve ({e})")))?
             .collect();
         if addrs.is_empty() {
             return Err(refused(format!("{host} does not resolve")));
         }
-        if self.trusted(host, None) {
+        if self.trusted(host, port) {
             return Ok(addrs);
         }
         if let Some(a) = addrs.iter().find(|a| internal(a.ip())) {
@@ -256,7 +257,7 @@ impl reqwest_mcp::dns::Resolve for Resolver {
         let host = name.as_str().to_string();
         Box::pin(async move {
             // The port is the connector's business; 0 here.
-            let addrs = guard.resolve(&host, 0).await?;
+            let addrs = guard.resolve(&host, None).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest_mcp::dns::Addrs)
         })
     }
@@ -322,9 +323,9 @@ mod tests {
             .lock()
             .unwrap()
             .insert("mcp.example".into(), (Instant::now(), vec![public]));
-        let addrs = guard.resolve("mcp.example", 443).await.unwrap();
+        let addrs = guard.resolve("mcp.example", Some(443)).await.unwrap();
         assert_eq!(addrs, [SocketAddr::new(public, 443)], "no second lookup");
-        assert!(guard.resolve("localhost", 80).await.is_err());
+        assert!(guard.resolve("localhost", Some(80)).await.is_err());
         assert!(
             !guard.pins.lock().unwrap().contains_key("localhost"),
             "refused hosts are not pinned"
@@ -363,6 +364,16 @@ mod tests {
         assert!(allowed.check("http://127.0.0.3:8001/mcp").await.is_err());
         assert!(allowed.check("http://[::1]:9/mcp").await.is_ok());
         assert!(allowed.check("http://[::1]:10/mcp").await.is_err());
+        // A host name allowlisted on one port (`localhost` resolves to
+        // loopback addresses) is trusted on that port only: on another, its
+        // addresses are checked like any host's.
+        let by_name = Guard {
+            allowed_hosts: vec!["localhost:8000".into()],
+            ..Guard::default()
+        };
+        assert!(by_name.check("http://localhost:8000/mcp").await.is_ok());
+        assert!(by_name.check("http://localhost:6379/").await.is_err());
+        assert!(by_name.check("http://localhost/").await.is_err());
         let open = Guard {
             allow_private: true,
             ..Guard::default()
