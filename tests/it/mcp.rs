@@ -57,7 +57,7 @@ async fn tools_are_listed_called_and_cached() {
     let tools = c.list_tools(&at(&url)).await.unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["add", "big", "broken", "gate", "nap"]);
+    assert_eq!(names, ["add", "big", "broken", "gate", "nap", "refuse"]);
     let add = tools.iter().find(|t| t.name == "add").unwrap();
     assert_eq!(add.description.as_deref(), Some("Adds two numbers"));
     assert_eq!(add.input_schema["properties"]["a"]["type"], "integer");
@@ -68,7 +68,7 @@ async fn tools_are_listed_called_and_cached() {
 
     let before = server.headers().len();
     let again = c.list_tools(&at(&url)).await.unwrap();
-    assert_eq!(again.len(), 5);
+    assert_eq!(again.len(), 6);
     assert_eq!(
         server.headers().len(),
         before,
@@ -140,5 +140,5 @@ async fn the_guard_keeps_requests_off_internal_addresses() {
         },
         limits(Duration::from_secs(2)),
     );
-    assert_eq!(allowlisted.list_tools(&at(&url)).await.unwrap().len(), 5);
+    assert_eq!(allowlisted.list_tools(&at(&url)).await.unwrap().len(), 6);
 }

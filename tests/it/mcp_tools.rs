@@ -548,6 +548,24 @@ async fn tool_errors_and_unreachable_servers_become_items_the_model_is_told_abou
     assert_eq!(call["error"]["content"][0]["text"], "the disk is on fire");
     assert!(answer_text(&r).contains("The tool reported an error"));
 
+    // A call the server refuses with a JSON-RPC error: the error's text is
+    // the server's, so it reaches the model fenced, like any output, and
+    // cannot close the fence.
+    let (status, r, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "input": "call refuse {}", "tools": [tool]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(item(&r, "mcp_call")["status"], "failed");
+    let text = answer_text(&r);
+    assert!(
+        text.starts_with("done: The tool call failed.\n<mcp_tool_output"),
+        "{text}"
+    );
+    assert_eq!(text.matches("</mcp_tool_output>").count(), 1, "{text}");
+
     // Nothing listens on port 1: the listing fails, the model answers
     // without those tools.
     let down = mcp_tool(

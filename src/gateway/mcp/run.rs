@@ -568,7 +568,12 @@ impl Gateway {
                     Err(e) => {
                         crate::metrics::mcp("call", "error");
                         error = Some(call_error(&e));
-                        format!("The tool call failed: {e}")
+                        // The server wrote the error's text: data, fenced
+                        // and cut like any output.
+                        format!(
+                            "The tool call failed.\n{}",
+                            fenced(job.label, job.tool, &e.to_string(), max_chars)
+                        )
                     }
                 }
             }
