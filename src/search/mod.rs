@@ -297,11 +297,13 @@ impl SearchBackend for HttpBackend {
             }
         })?;
         if status != 200 {
-            let text = String::from_utf8_lossy(&body);
-            let mut message: String = text.chars().take(200).collect();
+            let mut text = String::from_utf8_lossy(&body).into_owned();
+            // Redacted before it is cut: a key that the cut would split
+            // must not leave its first characters behind.
             if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
-                message = message.replace(k, "[redacted]");
+                text = text.replace(k, "[redacted]");
             }
+            let message: String = text.chars().take(200).collect();
             return Err(SearchError::Failed { status, message });
         }
         let answer: Value = serde_json::from_slice(&body)

@@ -184,6 +184,23 @@ async fn failures_are_named_and_never_leak_the_key() {
         }
         other => panic!("{other:?}"),
     }
+    // A key that the 200-character cut of the message would split leaves
+    // none of itself behind.
+    let padding = "x".repeat(183);
+    let (url, _) = get_backend(
+        "/res/v1/web/search",
+        401,
+        json!({"error": format!("{padding}search-secret-123")}),
+        Duration::ZERO,
+    )
+    .await;
+    let brave = config(SearchBackendKind::Brave, &url, Some("SEARCH_KEY"));
+    match Searcher::build(&brave, &env).search(&query("x")).await {
+        Err(SearchError::Failed { message, .. }) => {
+            assert!(!message.contains("search-"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 
     let (slow, _) = get_backend(
         "/search",
