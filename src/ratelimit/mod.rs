@@ -314,6 +314,28 @@ impl RateLimiter for MemoryLimiter {
                     return Err(refuse(LimitKind::Tokens, debt));
                 }
             }
+            // Concurrency first: a request it refuses must not use up one
+            // of the minute's requests. The permit taken here goes back
+            // (dropped) if the rpm limit refuses.
+            let permit = match limits.max_concurrent {
+                None => Permit::none(),
+                Some(max) => {
+                    let count = state.in_flight.clone();
+                    if count.fetch_add(1, Ordering::AcqRel) >= max {
+                        count.fetch_sub(1, Ordering::AcqRel);
+                        if let Some(rpm) = limits.rpm {
+                            status.requests = Some(state.requests.quota(rpm, now));
+                        }
+                        return Err(Refusal {
+                            kind: LimitKind::Concurrency,
+                            limit: max,
+                            retry_after: Duration::from_secs(1),
+                            status,
+                        });
+                    }
+                    Permit::counted(count)
+                }
+            };
             if let Some(rpm) = limits.rpm {
                 match state.requests.try_take(rpm, 1, now) {
                     Ok(quota) => status.requests = Some(quota),
@@ -328,22 +350,6 @@ impl RateLimiter for MemoryLimiter {
                     }
                 }
             }
-            let permit = match limits.max_concurrent {
-                None => Permit::none(),
-                Some(max) => {
-                    let count = state.in_flight.clone();
-                    if count.fetch_add(1, Ordering::AcqRel) >= max {
-                        count.fetch_sub(1, Ordering::AcqRel);
-                        return Err(Refusal {
-                            kind: LimitKind::Concurrency,
-                            limit: max,
-                            retry_after: Duration::from_secs(1),
-                            status,
-                        });
-                    }
-                    Permit::counted(count)
-                }
-            };
             Ok((permit, status))
         })
     }

@@ -2,8 +2,8 @@
 //! enforce one limit between them.
 //!
 //! - The GCRA of `MemoryLimiter` runs inside Redis as functions of one
-//!   library with a versioned name (`mume_ratelimit_v1`: `mume_admit_v1`,
-//!   `mume_charge_v1`, `mume_renew_v1`), each one atomic, each reading the
+//!   library with a versioned name (`mume_ratelimit_v2`: `mume_admit_v2`,
+//!   `mume_charge_v2`, `mume_renew_v2`), each one atomic, each reading the
 //!   clock with Redis `TIME`, so instance clocks never matter. TATs are
 //!   microseconds; a token charge takes its cost as an argument.
 //! - Concurrent requests hold leases: members of a sorted set scored by
@@ -30,7 +30,7 @@ use super::{
 
 /// The Lua library: loaded (replacing any older copy) at connect and after
 /// every reconnect.
-const LIBRARY: &str = r#"#!lua name=mume_ratelimit_v1
+const LIBRARY: &str = r#"#!lua name=mume_ratelimit_v2
 local WINDOW = 60000000
 
 local function now_us()
@@ -74,21 +74,28 @@ local function admit(keys, args)
       return {0, 'tokens', math.ceil(debt / 1000), req_rem, req_reset, tok_rem, tok_reset}
     end
   end
+  -- Concurrency before rpm: a request refused for concurrency must not
+  -- use up one of the minute's requests.
+  local old = 0
   if rpm > 0 then
-    local old = tat_of(keys[1])
-    local tat = math.max(old, now) + math.floor(WINDOW / rpm)
-    if tat - now > WINDOW then
-      req_rem, req_reset = quota(old, rpm, now)
-      return {0, 'requests', math.ceil((tat - now - WINDOW) / 1000), req_rem, req_reset, tok_rem, tok_reset}
-    end
-    store_tat(keys[1], tat, now)
-    req_rem, req_reset = quota(tat, rpm, now)
+    old = tat_of(keys[1])
+    req_rem, req_reset = quota(old, rpm, now)
   end
   if max_conc > 0 then
     redis.call('ZREMRANGEBYSCORE', keys[3], '-inf', now)
     if redis.call('ZCARD', keys[3]) >= max_conc then
       return {0, 'concurrency', 1000, req_rem, req_reset, tok_rem, tok_reset}
     end
+  end
+  if rpm > 0 then
+    local tat = math.max(old, now) + math.floor(WINDOW / rpm)
+    if tat - now > WINDOW then
+      return {0, 'requests', math.ceil((tat - now - WINDOW) / 1000), req_rem, req_reset, tok_rem, tok_reset}
+    end
+    store_tat(keys[1], tat, now)
+    req_rem, req_reset = quota(tat, rpm, now)
+  end
+  if max_conc > 0 then
     redis.call('ZADD', keys[3], now + lease_ms * 1000, lease)
     redis.call('PEXPIRE', keys[3], lease_ms + 1000)
   end
@@ -112,9 +119,9 @@ local function renew(keys, args)
   return 1
 end
 
-redis.register_function('mume_admit_v1', admit)
-redis.register_function('mume_charge_v1', charge)
-redis.register_function('mume_renew_v1', renew)
+redis.register_function('mume_admit_v2', admit)
+redis.register_function('mume_charge_v2', charge)
+redis.register_function('mume_renew_v2', renew)
 "#;
 
 /// Longest wait for Redis before failing open.
@@ -275,7 +282,7 @@ impl RedisLimiter {
             LEASE_TTL.as_millis().to_string(),
         ];
         let (admitted, kind, retry_ms, req_rem, req_reset, tok_rem, tok_reset): RedisReply =
-            self.call("mume_admit_v1", &keys, &args).await?;
+            self.call("mume_admit_v2", &keys, &args).await?;
         let quota = |limit: Option<u32>, remaining: i64, reset: i64| {
             limit.filter(|_| remaining >= 0).map(|limit| Quota {
                 limit,
@@ -334,7 +341,7 @@ impl Lease {
                         continue;
                     };
                     let mut cmd = redis::cmd("FCALL");
-                    cmd.arg("mume_renew_v1")
+                    cmd.arg("mume_renew_v2")
                         .arg(1)
                         .arg(&key)
                         .arg(&member)
@@ -389,9 +396,20 @@ impl RateLimiter for RedisLimiter {
                 Err(e) => self.fail_open(&e),
             }
         }
-        self.fallback
-            .admit(key_id, self.shares(limits), max_tokens)
-            .await
+        // Whether max_tokens can ever pass is the key's own budget's to
+        // say, not its share's: a request refused for that is told never
+        // to retry.
+        if let (Some(tpm), Some(max_tokens)) = (limits.tpm, max_tokens) {
+            if max_tokens > u64::from(tpm) {
+                return Err(Refusal {
+                    kind: LimitKind::TokensTooLarge { max_tokens },
+                    limit: tpm,
+                    retry_after: super::WINDOW,
+                    status: LimitStatus::default(),
+                });
+            }
+        }
+        self.fallback.admit(key_id, self.shares(limits), None).await
     }
 
     async fn charge_tokens(&self, key_id: &str, limits: KeyLimits, tokens: u64) {
@@ -399,7 +417,7 @@ impl RateLimiter for RedisLimiter {
         if !self.degraded.load(Ordering::Acquire) {
             let keys = [self.key(key_id, "tokens")];
             let args = [tpm.to_string(), tokens.to_string()];
-            match self.call::<i64>("mume_charge_v1", &keys, &args).await {
+            match self.call::<i64>("mume_charge_v2", &keys, &args).await {
                 Ok(_) => return,
                 Err(e) => self.fail_open(&e),
             }

@@ -213,3 +213,53 @@ async fn an_unreachable_redis_at_start_is_a_fallback_not_an_error() {
         .count();
     assert_eq!(admitted, 5, "10 ÷ 2 instances");
 }
+
+/// A request refused for concurrency does not use up one of the minute's
+/// requests: the slot is checked first.
+#[tokio::test]
+async fn a_concurrency_refusal_leaves_the_minute_alone() {
+    on_every_limiter(|limiter| async move {
+        let limits = KeyLimits {
+            rpm: Some(3),
+            max_concurrent: Some(1),
+            ..Default::default()
+        };
+        let (held, status) = limiter.admit("k", limits, None).await.unwrap();
+        assert_eq!(status.requests.unwrap().remaining, 2);
+        for _ in 0..5 {
+            let refused = limiter.admit("k", limits, None).await.unwrap_err();
+            assert_eq!(refused.kind, LimitKind::Concurrency);
+        }
+        drop(held);
+        // The lease of a Redis permit is given back in the background.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, status) = limiter
+            .admit("k", limits, None)
+            .await
+            .expect("two of the minute's three are left");
+        assert_eq!(status.requests.unwrap().remaining, 1);
+    })
+    .await;
+}
+
+/// While Redis is down each instance paces a key at its share of `tpm`,
+/// but whether a `max_tokens` can ever pass is the key's whole budget's to
+/// say: a request within it is not told never to retry.
+#[tokio::test]
+async fn in_fallback_max_tokens_is_judged_against_the_whole_budget() {
+    let url = crate::support::upstream::closed_port_url().replace("http://", "redis://");
+    let url = url.trim_end_matches("/v1").to_string();
+    let limiter = RedisLimiter::start(&url, &prefix(), 2).await.unwrap();
+    assert_eq!(limiter.health(), LimiterHealth::Fallback { instances: 2 });
+    let limits = KeyLimits {
+        tpm: Some(10_000),
+        ..Default::default()
+    };
+    assert!(limiter.admit("k", limits, Some(8_000)).await.is_ok());
+    let refused = limiter.admit("k", limits, Some(10_001)).await.unwrap_err();
+    assert_eq!(
+        refused.kind,
+        LimitKind::TokensTooLarge { max_tokens: 10_001 }
+    );
+    assert_eq!(refused.limit, 10_000, "the key's budget, not its share");
+}
