@@ -323,9 +323,12 @@ pub async fn credit_key(
             .ok_or_else(|| bad("amount", "`amount` is required: USD such as \"5.00\"."))?,
         "amount",
     )?;
-    let kind = match map.get("kind").and_then(Value::as_str) {
-        None | Some("topup") => CreditKind::TopUp,
-        Some("adjust") => CreditKind::Adjust,
+    let kind = match map.get("kind") {
+        None | Some(Value::Null) => CreditKind::TopUp,
+        Some(Value::String(kind)) if kind == "topup" => CreditKind::TopUp,
+        Some(Value::String(kind)) if kind == "adjust" => CreditKind::Adjust,
+        // Anything else, a string or not, is refused: a typo must not
+        // move money as a top-up.
         Some(_) => {
             return Err(bad(
                 "kind",

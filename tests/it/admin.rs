@@ -222,6 +222,23 @@ async fn bad_admin_input_is_400_or_404_never_500() {
     .await;
     assert_eq!(e.status, 400);
     assert_eq!(gw.balance(id).await, 1_000_000_000);
+    // A `kind` that is not one of the two, string or not, moves nothing.
+    for kind in [r#"true"#, r#"1"#, r#"{}"#, r#""top-up""#] {
+        let e = error_reply(
+            post(
+                &format!("/api/v1/keys/{id}/credits"),
+                &format!(r#"{{"amount": "5", "kind": {kind}}}"#),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (e.status.as_u16(), &e.error["param"]),
+            (400, &json!("kind"))
+        );
+    }
+    assert_eq!(gw.balance(id).await, 1_000_000_000);
     let e = error_reply(
         admin()
             .patch(gw.url("/api/v1/keys/nope"))
