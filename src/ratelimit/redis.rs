@@ -15,6 +15,7 @@
 //!   every second, going back to it as soon as it answers (RL-03). It never
 //!   turns a Redis failure into a 500.
 
+use std::mem::take;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,6 +282,11 @@ impl RedisLimiter {
             lease_id.clone(),
             LEASE_TTL.as_millis().to_string(),
         ];
+        let release = limits.max_concurrent.map(|_| Release {
+            conn: self.conn.clone(),
+            key: leases,
+            member: lease_id,
+        });
         let (admitted, kind, retry_ms, req_rem, req_reset, tok_rem, tok_reset): RedisReply =
             self.call("mume_admit_v2", &keys, &args).await?;
         let quota = |limit: Option<u32>, remaining: i64, reset: i64| {
@@ -295,9 +301,9 @@ impl RedisLimiter {
             tokens: quota(limits.tpm, tok_rem, tok_reset),
         };
         if admitted == 1 {
-            let permit = match limits.max_concurrent {
+            let permit = match release {
                 None => Permit::none(),
-                Some(_) => Permit::leased(Box::new(Lease::hold(self, leases, lease_id))),
+                Some(release) => Permit::leased(Box::new(Lease::hold(release))),
             };
             return Ok(Ok((permit, status)));
         }
@@ -324,58 +330,69 @@ impl RedisLimiter {
 /// A concurrency lease: renewed while held, removed when dropped.
 struct Lease {
     renewer: tokio::task::JoinHandle<()>,
-    /// The connection, the leases key and this lease's id.
-    release: Option<(SharedConn, String, String)>,
+    _release: Release,
+}
+
+/// Removes a lease from its set when dropped. Made before the admit call
+/// that may add the lease, so that a call that times out, or whose request
+/// goes away, after Redis ran it leaves no lease holding a slot for
+/// `LEASE_TTL`; removing one that was never added is harmless.
+struct Release {
+    /// The connection, the leases key and the lease's id.
+    conn: SharedConn,
+    key: String,
+    member: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let conn = self.conn.clone();
+        let (key, member) = (take(&mut self.key), take(&mut self.member));
+        runtime.spawn(async move {
+            let Some(mut c) = conn.read().await.clone() else {
+                return;
+            };
+            let mut remove = redis::cmd("ZREM");
+            remove.arg(&key).arg(&member);
+            // If this fails the lease lapses by itself within LEASE_TTL.
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, remove.query_async::<i64>(&mut c)).await;
+        });
+    }
 }
 
 impl Lease {
-    fn hold(limiter: &RedisLimiter, leases: String, id: String) -> Self {
-        let conn = limiter.conn.clone();
-        let (key, member) = (leases.clone(), id.clone());
-        let renewer = tokio::spawn({
-            let conn = conn.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(LEASE_TTL / 3).await;
-                    let Some(mut c) = conn.read().await.clone() else {
-                        continue;
-                    };
-                    let mut cmd = redis::cmd("FCALL");
-                    cmd.arg("mume_renew_v2")
-                        .arg(1)
-                        .arg(&key)
-                        .arg(&member)
-                        .arg(LEASE_TTL.as_millis() as u64);
-                    let _ =
-                        tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<i64>(&mut c)).await;
-                }
+    fn hold(release: Release) -> Self {
+        let conn = release.conn.clone();
+        let (key, member) = (release.key.clone(), release.member.clone());
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                let Some(mut c) = conn.read().await.clone() else {
+                    continue;
+                };
+                let mut cmd = redis::cmd("FCALL");
+                cmd.arg("mume_renew_v2")
+                    .arg(1)
+                    .arg(&key)
+                    .arg(&member)
+                    .arg(LEASE_TTL.as_millis() as u64);
+                let _ = tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<i64>(&mut c)).await;
             }
         });
         Self {
             renewer,
-            release: Some((conn, leases, id)),
+            _release: release,
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        // Then `_release` removes the lease.
         self.renewer.abort();
-        let Some((conn, key, member)) = self.release.take() else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let Some(mut c) = conn.read().await.clone() else {
-                    return;
-                };
-                let mut remove = redis::cmd("ZREM");
-                remove.arg(&key).arg(&member);
-                // If this fails the lease lapses by itself within LEASE_TTL.
-                let _ =
-                    tokio::time::timeout(REDIS_TIMEOUT, remove.query_async::<i64>(&mut c)).await;
-            });
-        }
     }
 }
 

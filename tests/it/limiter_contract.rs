@@ -263,3 +263,55 @@ async fn in_fallback_max_tokens_is_judged_against_the_whole_budget() {
     );
     assert_eq!(refused.limit, 10_000, "the key's budget, not its share");
 }
+
+/// A concurrency lease whose admit call timed out (Redis stalled), or
+/// whose request went away, is removed once Redis runs the call: it does
+/// not hold a slot for the lease's 30 s.
+#[tokio::test]
+async fn a_lease_whose_admit_timed_out_is_removed() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let _redis = OwnRedis::start(port);
+    let prefix = prefix();
+    let limiter = RedisLimiter::start(&url, &prefix, 1).await.unwrap();
+    eventually(Duration::from_secs(5), "connecting to Redis", || {
+        limiter.health() == LimiterHealth::Redis
+    })
+    .await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    // Every client's commands wait for 600 ms: the admit call times out
+    // after 250 ms, and Redis runs it (adding its lease) afterwards.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(600)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let limits = KeyLimits {
+        max_concurrent: Some(1),
+        ..Default::default()
+    };
+    let (permit, _) = limiter.admit("k", limits, None).await.unwrap();
+    drop(permit);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let leases = format!("{prefix}{{k}}:leases");
+    let started = Instant::now();
+    loop {
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let n: u64 = redis::cmd("ZCARD")
+            .arg(&leases)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lease of a timed-out admit still holds a slot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
