@@ -76,7 +76,16 @@ pub struct KeySpec {
 pub struct Accounts {
     pub store: Store,
     admin: Option<AdminSecret>,
-    cache: Mutex<HashMap<KeyHash, (Arc<KeyRecord>, Instant)>>,
+    cache: Mutex<KeyCache>,
+}
+
+/// Keys read recently, and how many times the cache was cleared: a record
+/// read from the store before a clear (an admin change on this instance)
+/// is not cached after it.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<KeyHash, (Arc<KeyRecord>, Instant)>,
+    clears: u64,
 }
 
 impl Accounts {
@@ -125,8 +134,8 @@ impl Accounts {
         })?;
         let hash = key.hash();
         let record = match self.cached(&hash) {
-            Some(record) => record,
-            None => {
+            Ok(record) => record,
+            Err(clears) => {
                 let found = self
                     .store
                     .keys
@@ -140,7 +149,7 @@ impl Accounts {
                     ));
                 };
                 let found = Arc::new(found);
-                self.remember(hash, found.clone());
+                self.remember(hash, found.clone(), clears);
                 found
             }
         };
@@ -165,25 +174,37 @@ impl Accounts {
         Ok(record)
     }
 
-    fn cached(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
+    /// The cached record, or (`Err`) the number of clears so far, for
+    /// `remember`.
+    fn cached(&self, hash: &KeyHash) -> Result<Arc<KeyRecord>, u64> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
+            .keys
             .get(hash)
             .filter(|(_, at)| at.elapsed() < CACHE_TTL)
             .map(|(record, _)| record.clone())
+            .ok_or(cache.clears)
     }
 
-    fn remember(&self, hash: KeyHash, record: Arc<KeyRecord>) {
+    /// Caches a record read from the store, unless the cache was cleared
+    /// since the read began (`clears` then differs): the record may be one
+    /// an admin change has just replaced.
+    fn remember(&self, hash: KeyHash, record: Arc<KeyRecord>, clears: u64) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        if cache.clears != clears {
+            return;
         }
-        cache.insert(hash, (record, Instant::now()));
+        if cache.keys.len() >= CACHE_MAX {
+            cache.keys.clear();
+        }
+        cache.keys.insert(hash, (record, Instant::now()));
     }
 
     /// Forget every cached key, so an admin change applies to the next request.
     pub fn forget_cached(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.keys.clear();
+        cache.clears += 1;
     }
 
     /// Creates a key; the plaintext is returned once and never stored.
@@ -405,6 +426,42 @@ mod tests {
         assert!(model_allowed(&[], "anything/at-all"));
         assert!(validate_patterns(&["a/*/b*".into()]).is_err());
         assert!(validate_patterns(&["a*b".into()]).is_err());
+    }
+
+    /// An admin change on this instance lands while a request reads the
+    /// key from the store: the record it read (the one before the change)
+    /// is not cached, so the change applies to the very next request.
+    #[tokio::test]
+    async fn a_key_read_before_a_change_is_not_cached_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::StoreOptions {
+            url: None,
+            path: dir.path().join("k.db"),
+            busy_timeout: Duration::from_secs(1),
+        })
+        .await
+        .unwrap();
+        let accounts = Accounts::new(store, None);
+        let spec = KeySpec {
+            name: "k".into(),
+            credits: None,
+            limits: Default::default(),
+            models: Vec::new(),
+            expires_at: None,
+            metadata: None,
+        };
+        let (before, plain) = accounts.create_key(spec).await.unwrap();
+        let hash = plain.hash();
+        let clears = accounts.cached(&hash).unwrap_err();
+        // The read is under way; the key is disabled and the cache cleared.
+        accounts.forget_cached();
+        accounts.remember(hash, Arc::new(before), clears);
+        assert!(accounts.cached(&hash).is_err(), "the old record was cached");
+        // A read that began after the change is cached.
+        let clears = accounts.cached(&hash).unwrap_err();
+        let now = accounts.authenticate(Some(plain.reveal())).await.unwrap();
+        accounts.remember(hash, now, clears);
+        assert!(accounts.cached(&hash).is_ok());
     }
 
     #[test]
