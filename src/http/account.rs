@@ -44,8 +44,11 @@ pub async fn key_info(
         .summary(&key.id, day, week, month)
         .await
         .map_err(store_unavailable)?;
+    /// OpenRouter's `requests` per `interval` (-1: no limit, as
+    /// OpenRouter answers), and the gateway's own limits beside them.
     #[derive(Serialize)]
     struct RateLimit {
+        requests: i64,
         requests_per_minute: Option<u32>,
         tokens_per_minute: Option<u32>,
         max_concurrent: Option<u32>,
@@ -85,6 +88,7 @@ pub async fn key_info(
             is_free_tier: false,
             expires_at: fresh.expires_at.map(time),
             rate_limit: RateLimit {
+                requests: fresh.limits.rpm.map_or(-1, i64::from),
                 requests_per_minute: fresh.limits.rpm,
                 tokens_per_minute: fresh.limits.tpm,
                 max_concurrent: fresh.limits.max_concurrent,

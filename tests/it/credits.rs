@@ -558,6 +558,9 @@ async fn cost_generation_record_and_key_info_agree() {
     assert_eq!(d["limit"], json!(1));
     assert_eq!(d["is_free_tier"], false);
     assert!(d["label"].as_str().unwrap().starts_with("sk-mume-"));
+    // OpenRouter's `requests` per `interval`: -1 for no limit.
+    assert_eq!(d["rate_limit"]["requests"], -1);
+    assert_eq!(d["rate_limit"]["interval"], "1m");
 }
 
 #[tokio::test]
