@@ -53,8 +53,7 @@ use crate::search::Searcher;
 /// for the hold of a request that searches.
 const SEARCH_RESULT_TOKENS: u64 = 400;
 
-/// Tokens held, per MCP round after the first, for the tool definitions
-/// the servers list.
+/// Tokens held, per MCP round, for the tool definitions the servers list.
 const MCP_TOOLS_TOKENS: u64 = 2000;
 
 /// Output tokens held for a model with no configured cap when the request
@@ -346,19 +345,21 @@ impl Gateway {
                 let round = rounds.raw_cost(prompt_est + results, output_max);
                 (round.saturating_add(searcher.price)).saturating_mul(n as i64)
             }
-            // Each MCP round after the first carries the servers' tool
-            // definitions (an allowance: they are listed later) and every
-            // earlier round's output and tool results (one call's worth per
-            // round, at the configured output cap of about four characters
-            // a token). A round that would need more stops the request
+            // Every MCP round, the first included, carries the servers' tool
+            // definitions (an allowance: they are listed later) and the
+            // outputs of the approved calls run before it; each later round
+            // also every earlier round's output and tool results (one
+            // call's worth per round). A call's output is held at the
+            // configured cap, about four characters a token. A round that
+            // would need more, the first included, stops the request
             // (`incomplete`, "max_cost") instead of overspending the hold.
             (None, Some(run)) => {
-                let per_round = self.mcp.config.max_output_chars as u64 / 4 + output_max;
+                let call = self.mcp.config.max_output_chars as u64 / 4;
+                let first = MCP_TOOLS_TOKENS + run.approved_calls() * call;
+                let per_round = call + output_max;
                 (1..u64::from(self.mcp.max_rounds(run)))
-                    .map(|r| {
-                        rounds.raw_cost(prompt_est + MCP_TOOLS_TOKENS + r * per_round, output_max)
-                    })
-                    .fold(0i64, i64::saturating_add)
+                    .map(|r| rounds.raw_cost(prompt_est + first + r * per_round, output_max))
+                    .fold(rounds.raw_cost(first, 0), i64::saturating_add)
             }
             (None, None) => 0,
         };

@@ -527,6 +527,62 @@ async fn caps_on_tool_calls_and_rounds_end_the_response_incomplete() {
 }
 
 #[tokio::test]
+async fn a_first_round_the_hold_cannot_cover_is_never_sent() {
+    // 64 tools of 4,000 characters each: about 64,000 prompt tokens, $64
+    // at the test's prices, for a key with $3.
+    let wide = crate::support::mcp_server::wide(64, 4000).await;
+    let server = McpTestServer::start().await;
+    let upstream = model().await;
+    let gw = gateway(&upstream.base_url, LOCAL, &[]).await;
+    let credit = 3_000_000_000;
+    let (key_id, key) = gw.key_with_credit(credit).await;
+    let tool = |url: &str| mcp_tool(url, json!({"require_approval": "never"}));
+
+    // max_tool_calls 0: one round, no later round's hold to borrow from.
+    let (status, r, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "input": "hello", "max_tool_calls": 0, "tools": [tool(&wide)]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "incomplete");
+    assert_eq!(r["incomplete_details"]["reason"], "max_cost", "{r}");
+    assert_eq!(types(&r), ["mcp_list_tools"]);
+    assert_eq!(
+        item(&r, "mcp_list_tools")["tools"]
+            .as_array()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert!(upstream.seen().is_empty(), "no round past the hold");
+
+    // Chat Completions: a well-formed completion without text.
+    let chat = json!({"model": "up/m", "max_tool_calls": 0, "tools": [tool(&wide)],
+        "messages": [{"role": "user", "content": "hello"}]});
+    let c: Value = gw.chat_as(&key, &chat).await.json().await.unwrap();
+    assert_eq!(c["object"], "chat.completion", "{c}");
+    assert_eq!(c["mcp_incomplete"], "max_cost");
+    assert_eq!(c["choices"][0]["message"]["content"], "");
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    assert!(upstream.seen().is_empty());
+    gw.holds_drain().await;
+    assert_eq!(gw.balance(&key_id).await, credit, "nothing was served");
+
+    // A server's few small tools fit in the hold's allowance for them.
+    let (status, r, _) = create(
+        &gw,
+        &key,
+        &json!({"model": "up/m", "input": "hello", "max_tool_calls": 0, "tools": [tool(&server.url)]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(answer_text(&r), "done: no tools");
+}
+
+#[tokio::test]
 async fn tool_errors_and_unreachable_servers_become_items_the_model_is_told_about() {
     let server = McpTestServer::start().await;
     let upstream = model().await;

@@ -208,13 +208,23 @@ pub struct McpRun {
     max_tool_calls: Option<u64>,
 }
 
+impl McpRun {
+    /// The approved calls that run before the first round (within
+    /// `max_tool_calls`).
+    pub fn approved_calls(&self) -> u64 {
+        let approved = self.decisions.iter().filter(|d| d.approve).count() as u64;
+        self.max_tool_calls.map_or(approved, |m| approved.min(m))
+    }
+}
+
 /// What the rounds produced.
 pub struct McpDone {
     /// The last round's `chat.completion`, without calls of MCP tools.
     pub completion: Value,
     pub items: Vec<Item>,
     pub tokens: Usage,
-    /// Why the gateway stopped short: `max_tool_calls` or `max_rounds`.
+    /// Why the gateway stopped short: `max_tool_calls`, `max_rounds` or
+    /// `max_cost`.
     pub incomplete: Option<&'static str>,
 }
 
@@ -299,7 +309,11 @@ impl Gateway {
         let deadline = Instant::now() + setup.config.request_timeout;
         let max_rounds = setup.max_rounds(run);
         let mut done = McpDone {
-            completion: Value::Null,
+            // What the response says if no round can run: no text.
+            completion: json!({"id": format!("chatcmpl-{}", ctx.request_id),
+                "object": "chat.completion", "created": crate::accounts::now_ms() / 1000,
+                "model": plan[0].model.id, "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]}),
             items: Vec::new(),
             tokens: Usage::default(),
             incomplete: None,
@@ -408,16 +422,17 @@ impl Gateway {
         let output_max = super::super::max_output_tokens(inner.max_tokens, &plan[0].model);
         let mut rounds = 0;
         loop {
-            // A later round must fit in what is left of the hold (a round
-            // may carry more tool output than the hold foresaw).
-            let prompt = crate::billing::estimate_prompt_tokens(inner.body());
-            if rounds > 0 && !charge.can_afford(prompt, output_max) {
-                done.incomplete = Some("max_cost");
-                return Ok(done);
-            }
             let mut tools = client_tools.clone();
             tools.extend(functions.iter().cloned());
             inner.offer(tools, choice.as_ref());
+            // Every round must fit in what is left of the hold, tools
+            // offered: the servers may list more than the hold foresaw,
+            // and a call may answer more.
+            let prompt = crate::billing::estimate_prompt_tokens(inner.body());
+            if !charge.can_afford(prompt, output_max) {
+                done.incomplete = Some("max_cost");
+                return Ok(done);
+            }
             let completion = self
                 .round(inner, plan, ctx, charge, &mut done.tokens)
                 .await?;

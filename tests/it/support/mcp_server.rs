@@ -204,3 +204,53 @@ pub async fn paged() -> String {
     });
     format!("http://{addr}/mcp")
 }
+
+/// A server whose `tools/list` answers `count` tools (`t0`, `t1`, …), each
+/// with a description of `chars` characters: tool definitions that cost
+/// more than a prompt.
+#[derive(Debug, Clone)]
+pub struct Wide {
+    count: usize,
+    chars: usize,
+}
+
+impl ServerHandler for Wide {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<rmcp::model::PaginatedRequestParams>,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let schema = Arc::new(
+            serde_json::json!({"type": "object"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let tools = (0..self.count)
+            .map(|i| {
+                rmcp::model::Tool::new(format!("t{i}"), "d".repeat(self.chars), schema.clone())
+            })
+            .collect();
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+}
+
+/// Serves `Wide` on 127.0.0.1; its URL.
+pub async fn wide(count: usize, chars: usize) -> String {
+    let service = StreamableHttpService::new(
+        move || Ok(Wide { count, chars }),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/mcp")
+}
