@@ -49,9 +49,10 @@ use websearch::{SearchCall, Searched, WebSearch};
 
 use crate::search::Searcher;
 
-/// Tokens one search result may add to a prompt (title, URL and excerpt),
-/// for the hold of a request that searches.
-const SEARCH_RESULT_TOKENS: u64 = 400;
+/// Tokens one search result may add to a prompt (title, URL and excerpt,
+/// bounded by the searcher), for the hold of a request that searches: at
+/// about four bytes a token, as the prompt estimate counts them.
+const SEARCH_RESULT_TOKENS: u64 = crate::search::RESULT_BYTES as u64 / 4;
 
 /// Tokens held, per MCP round, for the tool definitions the servers list.
 const MCP_TOOLS_TOKENS: u64 = 2000;
@@ -338,10 +339,13 @@ impl Gateway {
         };
         let extra_hold = match (&search, &mcp_run) {
             // Each search may add a model round whose prompt carries every
-            // result so far, and costs the backend's price.
-            (Some((_, searcher)), _) => {
+            // search's block so far (its results, after the request's own
+            // search prompt and location), and costs the backend's price.
+            (Some((ws, searcher)), _) => {
                 let n = u64::from(searcher.max_searches);
-                let results = n * searcher.max_results as u64 * SEARCH_RESULT_TOKENS;
+                let block = searcher.max_results as u64 * SEARCH_RESULT_TOKENS
+                    + websearch::preamble_tokens(ws);
+                let results = n * block;
                 let round = rounds.raw_cost(prompt_est + results, output_max);
                 (round.saturating_add(searcher.price)).saturating_mul(n as i64)
             }
@@ -668,6 +672,8 @@ impl Gateway {
         let (name, tool) = websearch::search_function(inner.body());
         let client_tools = inner.body().get("tools").cloned();
         let client_choice = inner.body().get("tool_choice").cloned();
+        let output_max = max_output_tokens(inner.max_tokens, &plan[0].model);
+        let mut rounds = 0;
         loop {
             let last = done.calls.len() as u32 >= searcher.max_searches;
             let mut tools = match &client_tools {
@@ -678,9 +684,19 @@ impl Gateway {
                 tools.push(tool.clone());
             }
             inner.offer(tools, client_choice.as_ref());
+            // A later round must fit in what is left of the hold (a round
+            // may have cost more than its estimate). One that does not is
+            // never sent: the rounds end as when the model asks for a
+            // search past the cap, with the last round's answer without
+            // its searches.
+            let prompt = estimate_prompt_tokens(inner.body());
+            if rounds > 0 && !charge.can_afford(prompt, output_max) {
+                return Ok(done);
+            }
             let completion = self
                 .round(inner, plan, ctx, charge, &mut done.tokens)
                 .await?;
+            rounds += 1;
             let message = completion["choices"][0]["message"].clone();
             let calls: Vec<Value> = message
                 .get("tool_calls")
@@ -719,6 +735,8 @@ impl Gateway {
                 messages.push(turn);
                 messages.extend(answers);
             }
+            // What the response says if no later round can run.
+            done.completion = finished::keep_calls(completion, Vec::new());
         }
     }
 

@@ -382,14 +382,23 @@ pub fn query_of(call: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// The query sent to the backend.
+/// The query sent to the backend: the request's number of results, no
+/// more than the configured `max_results` the hold counts on.
 pub fn query(ws: &WebSearch, text: &str, max_results: usize) -> SearchQuery {
     SearchQuery {
         query: text.chars().take(400).collect(),
-        max_results: ws.max_results.unwrap_or(max_results),
+        max_results: ws.max_results.map_or(max_results, |n| n.min(max_results)),
         allowed_domains: ws.allowed_domains.clone(),
         excluded_domains: ws.excluded_domains.clone(),
     }
+}
+
+/// Tokens (about four bytes each) that every results block carries
+/// besides its results: the request's own search prompt and location.
+pub fn preamble_tokens(ws: &WebSearch) -> u64 {
+    let bytes = ws.search_prompt.as_ref().map_or(0, String::len)
+        + ws.location.as_ref().map_or(0, String::len);
+    bytes.div_ceil(4) as u64
 }
 
 /// A numbered results block, with the request's own search prompt first.

@@ -61,6 +61,28 @@ pub struct SearchQuery {
     pub excluded_domains: Vec<String>,
 }
 
+/// The most bytes of a result's title and excerpt the model is given, and
+/// the longest URL a result may have (a URL is never cut: a citation
+/// points at it). With its number and labels, a result is then at most
+/// `RESULT_BYTES` of a prompt whatever the backend sent, which the hold of
+/// a searching request counts on.
+const MAX_TITLE_BYTES: usize = 150;
+const MAX_SNIPPET_BYTES: usize = 1000;
+const MAX_URL_BYTES: usize = 400;
+pub const RESULT_BYTES: usize = 1600;
+const _: () = assert!(MAX_TITLE_BYTES + MAX_URL_BYTES + MAX_SNIPPET_BYTES + 20 <= RESULT_BYTES);
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 /// One result: what a citation points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchResult {
@@ -135,12 +157,18 @@ impl Searcher {
         self.backend.name()
     }
 
-    /// Runs one search; results outside the domain filters are dropped
-    /// whatever the backend did with them, and at most `max_results` kept.
+    /// Runs one search; results outside the domain filters, or with a URL
+    /// over `MAX_URL_BYTES`, are dropped whatever the backend did with
+    /// them, at most `max_results` kept, and titles and excerpts cut to
+    /// their bounds.
     pub async fn search(&self, query: &SearchQuery) -> Result<Vec<SearchResult>, SearchError> {
         let mut results = self.backend.search(query).await?;
-        results.retain(|r| domain_allowed(&r.url, query));
+        results.retain(|r| r.url.len() <= MAX_URL_BYTES && domain_allowed(&r.url, query));
         results.truncate(query.max_results.max(1));
+        for r in &mut results {
+            cut(&mut r.title, MAX_TITLE_BYTES);
+            cut(&mut r.snippet, MAX_SNIPPET_BYTES);
+        }
         Ok(results)
     }
 }

@@ -12,7 +12,9 @@ use axum::extract::Query;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::Router;
-use mume_gateway::search::{SearchBackendKind, SearchConfig, SearchError, SearchQuery, Searcher};
+use mume_gateway::search::{
+    SearchBackendKind, SearchConfig, SearchError, SearchQuery, Searcher, RESULT_BYTES,
+};
 use serde_json::{json, Value};
 
 use crate::support::upstream::{respond, Upstream};
@@ -99,6 +101,34 @@ async fn searxng_results_are_read_filtered_and_capped() {
         headers.get("authorization").is_none(),
         "no key configured, none sent"
     );
+}
+
+#[tokio::test]
+async fn long_results_are_cut_to_what_a_hold_counts_on() {
+    let body = json!({"results": [
+        {"title": "T".repeat(500), "url": "https://a.example/", "content": format!("x{}", "é".repeat(5000))},
+        {"title": "Long URL", "url": format!("https://long.example/{}", "a".repeat(500)), "content": "left out"},
+        {"title": "Short", "url": "https://b.example/", "content": "kept whole"}
+    ]});
+    let (url, _) = get_backend("/search", 200, body, Duration::ZERO).await;
+    let searcher = Searcher::build(&config(SearchBackendKind::Searxng, &url, None), &env);
+    let results = searcher.search(&query("rust")).await.unwrap();
+    let urls: Vec<&str> = results.iter().map(|r| r.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        ["https://a.example/", "https://b.example/"],
+        "a URL is never cut: a result with one too long is left out"
+    );
+    assert_eq!(results[0].title, "T".repeat(150));
+    assert_eq!(
+        results[0].snippet,
+        format!("x{}", "é".repeat(499)),
+        "cut within 1,000 bytes, at a character boundary"
+    );
+    assert_eq!(results[1].snippet, "kept whole");
+    for r in &results {
+        assert!(r.title.len() + r.url.len() + r.snippet.len() + 20 <= RESULT_BYTES);
+    }
 }
 
 #[tokio::test]
