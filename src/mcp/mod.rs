@@ -8,7 +8,8 @@
 //! - `McpClient::list_tools` lists a server's tools (every page), and
 //!   `call` runs one; each within a time limit, over a fresh session (the
 //!   initialize handshake; session ids are the transport's business).
-//!   Lists are cached per server (URL and headers) for a short TTL.
+//!   Lists are cached per server (URL and headers) for a short TTL,
+//!   within a bound on their number and their total size.
 //!   Responses are bounded in size (`max_response_bytes`).
 
 pub mod guard;
@@ -127,8 +128,110 @@ fn tidy(message: &str) -> String {
 /// The most tools one listing reads, and the most pages.
 const MAX_TOOLS: usize = 256;
 const MAX_PAGES: usize = 32;
-/// The most tool lists kept at once (servers × header sets).
+/// The most tool lists kept at once (servers × header sets), and the most
+/// bytes of listing (as JSON text) they hold in all: one listing alone
+/// may be `MAX_PAGES` messages of `max_response_bytes`.
 const MAX_CACHED: usize = 1024;
+const MAX_CACHED_BYTES: usize = 16 << 20;
+
+/// About the room a list takes: its server's URL and headers and its
+/// tools' text.
+fn listing_bytes(server: &McpServer, tools: &[McpTool]) -> usize {
+    let server_bytes = server.url.len()
+        + server.authorization.as_ref().map_or(0, String::len)
+        + server
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>();
+    let tool_bytes = |t: &McpTool| {
+        t.name.len()
+            + t.description.as_ref().map_or(0, String::len)
+            + t.input_schema.to_string().len()
+            + t.annotations.to_string().len()
+    };
+    server_bytes + tools.iter().map(tool_bytes).sum::<usize>()
+}
+
+/// A tool list kept, and when it was listed.
+struct Cached {
+    at: Instant,
+    bytes: usize,
+    tools: Vec<McpTool>,
+}
+
+/// Tool lists per server, each used for `ttl`. Expired lists go whenever
+/// one is kept, or when asked for (an expired list stays only until
+/// then); past `MAX_CACHED` lists or `budget` bytes the oldest go first,
+/// and a list larger than the whole budget is not kept.
+struct ToolCache {
+    lists: HashMap<McpServer, Cached>,
+    /// The bytes of every list kept.
+    bytes: usize,
+    budget: usize,
+}
+
+impl ToolCache {
+    fn new(budget: usize) -> Self {
+        Self {
+            lists: HashMap::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// The server's list if it is fresh; an expired one is dropped.
+    fn get(&mut self, server: &McpServer, ttl: Duration, now: Instant) -> Option<Vec<McpTool>> {
+        let cached = self.lists.get(server)?;
+        if now.saturating_duration_since(cached.at) < ttl {
+            return Some(cached.tools.clone());
+        }
+        self.remove(server);
+        None
+    }
+
+    fn remove(&mut self, server: &McpServer) {
+        if let Some(c) = self.lists.remove(server) {
+            self.bytes -= c.bytes;
+        }
+    }
+
+    fn insert(&mut self, server: McpServer, tools: Vec<McpTool>, ttl: Duration, now: Instant) {
+        self.remove(&server);
+        let total = &mut self.bytes;
+        self.lists.retain(|_, c| {
+            let fresh = now.saturating_duration_since(c.at) < ttl;
+            if !fresh {
+                *total -= c.bytes;
+            }
+            fresh
+        });
+        let bytes = listing_bytes(&server, &tools);
+        if bytes > self.budget {
+            return;
+        }
+        while self.lists.len() >= MAX_CACHED || self.bytes + bytes > self.budget {
+            let Some(oldest) = self
+                .lists
+                .iter()
+                .min_by_key(|(_, c)| c.at)
+                .map(|(s, _)| s.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        self.bytes += bytes;
+        self.lists.insert(
+            server,
+            Cached {
+                at: now,
+                bytes,
+                tools,
+            },
+        );
+    }
+}
 
 /// Every page of a server's tool list (within `MAX_PAGES` and
 /// `MAX_TOOLS`; a longer list is an error, not a silent cut).
@@ -165,7 +268,7 @@ pub struct McpClient {
     /// For the servers the operator registered.
     trusted_http: reqwest_mcp::Client,
     limits: ClientLimits,
-    cache: Mutex<HashMap<McpServer, (Instant, Vec<McpTool>)>>,
+    cache: Mutex<ToolCache>,
 }
 
 type Session = rmcp::service::RunningService<rmcp::RoleClient, ()>;
@@ -211,7 +314,7 @@ impl McpClient {
             http,
             trusted_http,
             limits,
-            cache: Mutex::default(),
+            cache: Mutex::new(ToolCache::new(MAX_CACHED_BYTES)),
         }
     }
 
@@ -306,15 +409,12 @@ impl McpClient {
 
     /// The server's tools, every page, from the cache when fresh.
     pub async fn list_tools(&self, server: &McpServer) -> Result<Vec<McpTool>, McpError> {
-        if let Some((at, tools)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(server)
-        {
-            if at.elapsed() < self.limits.ttl {
-                return Ok(tools.clone());
-            }
+        if let Some(tools) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(
+            server,
+            self.limits.ttl,
+            Instant::now(),
+        ) {
+            return Ok(tools);
         }
         let session = self.connect(server).await?;
         let listed = tokio::time::timeout(self.limits.timeout, every_page(&session)).await;
@@ -332,14 +432,12 @@ impl McpClient {
                     .unwrap_or(json!({})),
             })
             .collect();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (at, _)| at.elapsed() < self.limits.ttl);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-        }
-        cache.insert(server.clone(), (Instant::now(), tools.clone()));
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            server.clone(),
+            tools.clone(),
+            self.limits.ttl,
+            Instant::now(),
+        );
         Ok(tools)
     }
 
@@ -372,6 +470,85 @@ impl McpClient {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn server(n: usize) -> McpServer {
+        McpServer {
+            url: format!("https://mcp{n}.example/mcp"),
+            authorization: None,
+            headers: vec![("x-team".into(), "a".into())],
+            trusted: false,
+        }
+    }
+
+    /// One tool with a description of `chars` characters.
+    fn tools(chars: usize) -> Vec<McpTool> {
+        vec![McpTool {
+            name: "t".into(),
+            description: Some("d".repeat(chars)),
+            input_schema: json!({"type": "object"}),
+            annotations: json!({}),
+        }]
+    }
+
+    #[test]
+    fn expired_lists_go_as_soon_as_another_is_kept() {
+        let t0 = Instant::now();
+        let mut cache = ToolCache::new(MAX_CACHED_BYTES);
+        cache.insert(server(1), tools(100), TTL, t0);
+        cache.insert(server(2), tools(100), TTL, t0 + Duration::from_secs(30));
+        assert!(cache
+            .get(&server(1), TTL, t0 + Duration::from_secs(59))
+            .is_some());
+        // Far from full, yet server 1's list is past its TTL.
+        cache.insert(server(3), tools(100), TTL, t0 + Duration::from_secs(61));
+        assert!(!cache.lists.contains_key(&server(1)));
+        assert_eq!(cache.lists.len(), 2);
+        assert_eq!(cache.bytes, 2 * listing_bytes(&server(2), &tools(100)));
+        // An expired list is never served, and goes when asked for.
+        assert!(cache
+            .get(&server(2), TTL, t0 + Duration::from_secs(90))
+            .is_none());
+        assert!(!cache.lists.contains_key(&server(2)));
+        assert_eq!(cache.bytes, listing_bytes(&server(3), &tools(100)));
+    }
+
+    #[test]
+    fn the_oldest_lists_go_past_the_byte_budget() {
+        let t0 = Instant::now();
+        let each = listing_bytes(&server(0), &tools(1000));
+        let mut cache = ToolCache::new(3 * each);
+        for n in 0..5 {
+            cache.insert(
+                server(n),
+                tools(1000),
+                TTL,
+                t0 + Duration::from_secs(n as u64),
+            );
+        }
+        let mut kept: Vec<&str> = cache.lists.keys().map(|s| s.url.as_str()).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [server(2).url, server(3).url, server(4).url],
+            "the newest three fit"
+        );
+        assert_eq!(cache.bytes, 3 * each);
+        // A list larger than the whole budget is not kept, and costs the
+        // others nothing.
+        cache.insert(server(9), tools(4 * each), TTL, t0 + Duration::from_secs(5));
+        assert!(!cache.lists.contains_key(&server(9)));
+        assert_eq!(cache.lists.len(), 3);
+        // Listing a server again replaces its list.
+        cache.insert(server(4), tools(10), TTL, t0 + Duration::from_secs(6));
+        assert_eq!(
+            cache.bytes,
+            2 * each + listing_bytes(&server(4), &tools(10))
+        );
+    }
+
     #[test]
     fn error_messages_lose_rust_type_names() {
         assert_eq!(
