@@ -163,9 +163,9 @@ impl HttpClient {
 
 /// One thread's connection pool for one upstream, by route.
 enum Pool {
-    Direct(Client<Lean, Body>),
-    Forward(Client<ToProxy, Body>, Option<HeaderValue>),
-    Tunnel(Client<HttpsConnector<Tunnel<Https>>, Body>),
+    Direct(Client<Timed<Lean>, Body>),
+    Forward(Client<Timed<ToProxy>, Body>, Option<HeaderValue>),
+    Tunnel(Client<Timed<HttpsConnector<Tunnel<Https>>>, Body>),
 }
 
 impl Pool {
@@ -189,14 +189,24 @@ impl Pool {
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new());
+        let timed = |inner| Timed {
+            inner,
+            limit: connect_timeout,
+        };
         match route {
-            Route::Direct => Pool::Direct(builder.build(Lean(https(tcp, tls, true)))),
+            Route::Direct => Pool::Direct(builder.build(timed(Lean(https(tcp, tls, true))))),
             Route::Forward { proxy, auth } => {
                 let connector = ToProxy {
                     proxy: proxy.clone(),
                     inner: https(tcp, tls, false),
                 };
-                Pool::Forward(builder.build(connector), auth.clone())
+                Pool::Forward(
+                    builder.build(Timed {
+                        inner: connector,
+                        limit: connect_timeout,
+                    }),
+                    auth.clone(),
+                )
             }
             Route::Tunnel { proxy, auth } => {
                 let mut tunnel = Tunnel::new(proxy.clone(), https(tcp, tls, false));
@@ -209,7 +219,10 @@ impl Pool {
                     .enable_http1()
                     .enable_http2()
                     .wrap_connector(tunnel);
-                Pool::Tunnel(builder.build(connector))
+                Pool::Tunnel(builder.build(Timed {
+                    inner: connector,
+                    limit: connect_timeout,
+                }))
             }
         }
     }
@@ -242,6 +255,43 @@ fn tls(ca_certificates: &[CertificateDer<'static>]) -> Result<rustls::ClientConf
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// A connector whose whole connection (the lookup, the TCP connect, a
+/// proxy's CONNECT, the TLS handshake) must be made within `limit`, the
+/// provider's `connect_timeout`: the TCP connector bounds only its own
+/// part, so a port that accepts and a handshake that never ends waited for
+/// the whole request's time limit.
+#[derive(Clone)]
+struct Timed<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> Service<Uri> for Timed<C>
+where
+    C: Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        let connecting = self.inner.call(destination);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("no connection made within {limit:?}").into()),
+            }
+        })
+    }
 }
 
 /// The direct route's connector: hyper-rustls's, with a TLS session

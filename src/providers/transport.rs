@@ -9,7 +9,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -175,7 +175,7 @@ impl Transport {
             .map_err(|_| ProviderError::Timeout(format!("no response headers within {limit:?}")))?
             .map_err(|e| redactor.error(ProviderError::Transport(describe(&e))))?;
         if !response.status().is_success() {
-            return Err(redactor.error(upstream_error(response).await));
+            return Err(redactor.error(upstream_error(response, &redactor).await));
         }
         Ok((response, redactor))
     }
@@ -274,19 +274,20 @@ async fn read_capped(response: Answer, cap: usize) -> Result<Bytes, ProviderErro
     }
 }
 
-async fn upstream_error(response: Answer) -> ProviderError {
+async fn upstream_error(response: Answer, redactor: &Redactor) -> ProviderError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs(s.ceil() as u64));
-    let body = read_capped(response, MAX_ERROR_BYTES)
-        .await
-        .unwrap_or_default();
-    let (message, code, param) = error_fields(&body);
+        .and_then(retry_after_delay);
+    // Past the cap, the body's first part still holds its message (a
+    // validation error that echoes a long input, say).
+    let body = read_prefix(response, MAX_ERROR_BYTES).await;
+    // Redacted before any of it is cut, so that no cut leaves a part of
+    // the key behind.
+    let body = redactor.text(String::from_utf8_lossy(&body).into_owned());
+    let (message, code, param) = error_fields(body.as_bytes());
     ProviderError::Upstream {
         status,
         message,
@@ -294,6 +295,36 @@ async fn upstream_error(response: Answer) -> ProviderError {
         param,
         retry_after,
     }
+}
+
+/// `Retry-After`: a number of seconds, or an HTTP-date (RFC 9110 §10.2.3),
+/// as the delay from now (zero for a date already past).
+fn retry_after_delay(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::from_secs(seconds.ceil() as u64));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Up to `cap` bytes of a body, the rest left unread.
+async fn read_prefix(response: Answer, cap: usize) -> Bytes {
+    let mut body = response.into_body();
+    let mut out = Vec::new();
+    while out.len() < cap {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let take = data.len().min(cap - out.len());
+                    out.extend_from_slice(&data[..take]);
+                }
+            }
+            _ => break,
+        }
+    }
+    out.into()
 }
 
 /// Pulls message, code and param out of the error bodies OpenAI-compatible
@@ -326,7 +357,25 @@ pub(crate) fn error_fields(body: &[u8]) -> (String, Option<String>, Option<Strin
 
 #[cfg(test)]
 mod tests {
-    use super::error_fields;
+    use std::time::{Duration, SystemTime};
+
+    use super::{error_fields, retry_after_delay};
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(retry_after_delay(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after_delay("1.2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_delay("-1"), None);
+        assert_eq!(retry_after_delay("soon"), None);
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let delay = retry_after_delay(&in_a_minute).unwrap();
+        assert!(
+            (Duration::from_secs(58)..=Duration::from_secs(60)).contains(&delay),
+            "{delay:?}"
+        );
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(retry_after_delay(&past), Some(Duration::ZERO));
+    }
 
     #[test]
     fn reads_the_common_error_shapes() {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
-use crate::support::upstream::{closed_port_url, read_request, sse_response};
+use axum::body::Body;
+
+use crate::support::upstream::{closed_port_url, read_request, respond, sse_response};
 use crate::support::{
     chat_body, error_reply, post_chat, ErrorReply, GatewayConfig, Play, RawUpstream, Sse,
     TestGateway, Upstream, UP_KEY,
@@ -52,6 +54,68 @@ async fn stream_upstream_429_before_first_byte_is_a_429_with_its_retry_after() {
     assert_eq!(reply.error["type"], "rate_limit_error");
     assert_eq!(reply.error["code"], "upstream_rate_limited");
     assert!(message(&reply).contains("Rate limit reached for requests"));
+}
+
+/// `Retry-After` may also be an HTTP-date (RFC 9110): the client gets the
+/// delay it names, in seconds.
+#[tokio::test]
+async fn an_upstream_retry_after_given_as_a_date_reaches_the_client_as_seconds() {
+    let at = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+    let upstream = Upstream::json_with_headers(
+        429,
+        &[("retry-after", at.as_str())],
+        json!({"error": {"message": "Rate limit reached for requests"}}),
+    )
+    .await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    let reply = expect_error(&gw, false, 429).await;
+    let seconds: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((118..=120).contains(&seconds), "{seconds}");
+}
+
+/// An error body past the 64 KiB the gateway reads still gives its
+/// message, and a key it echoes is redacted wherever the message is cut.
+#[tokio::test]
+async fn a_long_upstream_error_keeps_its_message_and_never_its_key() {
+    let long = format!("{}{UP_KEY} {}", "x".repeat(280), "y".repeat(100_000));
+    let upstream = Upstream::start(move |_| {
+        let long = long.clone();
+        async move { respond(400, &[], Body::from(long)) }
+    })
+    .await;
+    let gw = TestGateway::for_upstream(&upstream.base_url).await;
+    let reply = expect_error(&gw, false, 400).await;
+    let text = message(&reply);
+    assert!(text.contains("xxxxxxxx"), "{text}");
+    assert!(!text.contains(&UP_KEY[..8]), "a part of the key: {text}");
+}
+
+/// `connect_timeout` bounds the whole connection, the TLS handshake
+/// included: an upstream that accepts TCP and never answers the handshake
+/// is unreachable within it, not a timeout of the whole request.
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_is_bounded_by_the_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config =
+        GatewayConfig::openai(&format!("https://{addr}/v1")).provider("connect_timeout", "300ms");
+    let gw = TestGateway::with(&config).await;
+    let reply = expect_error(&gw, false, 503).await;
+    assert_eq!(
+        reply.error["code"], "provider_unreachable",
+        "{}",
+        reply.text
+    );
 }
 
 #[tokio::test]
