@@ -1182,9 +1182,15 @@ impl Failure {
                 "429".to_string(),
             ),
             ProviderError::Upstream {
-                status: status @ (408 | 500 | 502 | 503 | 504),
+                status: status @ (408 | 500 | 502 | 503 | 504 | 529),
                 ..
             } => (Retry::Backoff, Failing, status.to_string()),
+            // Any other 5xx (a proxy's 520-524, 507, 501) is the endpoint
+            // failing too, not a sign of life: another endpoint or model
+            // may serve the request.
+            ProviderError::Upstream { status, .. } if *status >= 500 => {
+                (Retry::Elsewhere, Failing, status.to_string())
+            }
             ProviderError::Upstream { status, .. } => (Retry::Never, Working, status.to_string()),
             ProviderError::Transport(_) => (Retry::Backoff, Failing, "connection failed".into()),
             // A silent endpoint stays silent: move on without waiting for

@@ -499,6 +499,19 @@ async fn with_every_endpoint_paused_the_answer_is_an_immediate_503_with_retry_af
     );
 }
 
+/// Any 5xx is the endpoint failing (a proxy's 522, say), not a final
+/// answer: the next endpoint serves the request.
+#[tokio::test]
+async fn any_5xx_moves_on_to_the_next_endpoint() {
+    let a = scripted(vec![status(522)]).await;
+    let b = scripted(vec![ok()]).await;
+    let gw = pair(&a, &b, "max_attempts = 1", "").await;
+    let reply = post_chat(&gw, &chat_body("up/m", false)).await;
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-mume-provider"), "b");
+    assert_eq!(a.seen().len(), 1);
+}
+
 /// A request never outlives its limit (`max_stream_duration` plus the
 /// first-byte timeout, or the total timeout): its hold expires soon after,
 /// and the sweeper would charge a request still running in full. Here the
