@@ -119,7 +119,7 @@ where
         .filter_map(|item| async move {
             match item {
                 Ok(event) if event.event == "error" => {
-                    Some(Err(ProviderError::StreamError(event.data)))
+                    Some(Err(ProviderError::StreamError(error_message(event.data))))
                 }
                 // Comments and empty keep-alive events carry nothing to forward.
                 Ok(event) if event.data.is_empty() => None,
@@ -134,6 +134,20 @@ where
             }
         })
         .boxed()
+}
+
+/// The message of an `event: error`: its data's `message` (or
+/// `error.message`) when the data is a JSON error, as OpenAI's Responses
+/// streams send it; else the data itself.
+fn error_message(data: String) -> String {
+    let Ok(serde_json::Value::Object(error)) = serde_json::from_str(&data) else {
+        return data;
+    };
+    let inner = error.get("error").unwrap_or(&serde_json::Value::Null);
+    match inner.get("message").or_else(|| error.get("message")) {
+        Some(serde_json::Value::String(message)) => message.clone(),
+        _ => data,
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +237,15 @@ mod tests {
         assert_eq!(out[0].as_ref().unwrap(), "{\"a\":1}");
         assert_eq!(out[1].as_ref().unwrap(), "[DONE]");
         assert!(matches!(&out[2], Err(ProviderError::StreamError(m)) if m == "boom"));
+    }
+
+    #[test]
+    fn an_error_event_gives_its_message() {
+        let openai = r#"{"type":"error","code":"server_error","message":"The server had an error","param":null,"sequence_number":7}"#;
+        assert_eq!(error_message(openai.into()), "The server had an error");
+        let nested = r#"{"error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(error_message(nested.into()), "Overloaded");
+        assert_eq!(error_message("boom".into()), "boom");
+        assert_eq!(error_message(r#"{"code":1}"#.into()), r#"{"code":1}"#);
     }
 }

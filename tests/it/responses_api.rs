@@ -664,6 +664,50 @@ fn native_events(model: &str) -> Vec<Play> {
         .collect()
 }
 
+/// OpenAI's `keepalive` events (a long request's heartbeat, before any
+/// output) are not content: the 200 stays held, so a failure after them
+/// is still a real status.
+#[tokio::test]
+async fn a_native_keepalive_is_not_content() {
+    let upstream = Upstream::start_at("/v1/responses", |seen| async move {
+        let response = |status: &str| {
+            json!({"id": "resp_up", "object": "response", "created_at": 1, "status": status,
+                "model": seen.body["model"], "output": [], "store": false,
+                "error": if status == "failed" { json!({"code": "server_error", "message": "The model crashed"}) } else { Value::Null }})
+        };
+        let events = [
+            json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress")}),
+            json!({"type": "keepalive", "sequence_number": 1}),
+            json!({"type": "response.failed", "sequence_number": 2, "response": response("failed")}),
+        ];
+        let script = events
+            .iter()
+            .map(|e| Play::Raw(format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap())))
+            .collect();
+        sse_response(script, None)
+    })
+    .await;
+    let gw =
+        TestGateway::with(&priced(&upstream.base_url).provider("native_responses", true)).await;
+    let (_, key) = gw.key_with_credit(1_000_000_000).await;
+    let reply = create(
+        &gw,
+        Some(&key),
+        &json!({"model": "up/m", "input": "x", "stream": true}),
+    )
+    .await;
+    let e = crate::support::error_reply(reply).await;
+    assert_eq!(e.status, 503, "{}", e.error);
+    assert!(
+        e.error["message"]
+            .as_str()
+            .unwrap()
+            .contains("The model crashed"),
+        "{}",
+        e.error
+    );
+}
+
 #[tokio::test]
 async fn a_native_provider_gets_the_request_passed_through_and_metered() {
     let upstream = Upstream::start_at("/v1/responses", |seen| async move {

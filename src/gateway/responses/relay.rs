@@ -279,6 +279,12 @@ impl EventRelay for NativeRelay {
             self.latest = Some(response);
             return Step::Send(out.into());
         }
+        // OpenAI's heartbeat on a long request, before any output: a sign
+        // of life, not content (the 200 stays held), and passed on as the
+        // gateway's keep-alive comment, since no SDK knows the event.
+        if kind == "keepalive" {
+            return Step::Send(Bytes::from_static(KEEPALIVE_FRAME));
+        }
         if let Some(Value::String(delta)) = event.get("delta") {
             self.delivered.0 += delta.len() as u64;
             self.delivered.1 += 1;
