@@ -43,10 +43,20 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     };
     let ctx = RequestContext::new(id);
     req.extensions_mut().insert(ctx.clone());
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Written as it is if the request goes away before its response
+    // exists (the client left while the handler waited, or shutdown ended
+    // it): status 499, outcome client_closed.
+    let mut unanswered = Unanswered(Some(AccessLine {
+        ctx: ctx.clone(),
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        status: 499,
+        error_code: None,
+        started,
+    }));
 
     let mut response = next.run(req).await;
+    let mut line = unanswered.0.take().expect("taken once, here");
 
     let error = response.extensions_mut().remove::<GatewayError>();
     if let Some(error) = &error {
@@ -80,14 +90,8 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
             .headers_mut()
             .insert(ATTEMPTS, HeaderValue::from(attempts));
     }
-    let line = AccessLine {
-        ctx,
-        method,
-        path,
-        status: response.status().as_u16(),
-        error_code: error.map(|e| e.code),
-        started,
-    };
+    line.status = response.status().as_u16();
+    line.error_code = error.map(|e| e.code);
     response.map(|body| {
         Body::new(LoggedBody {
             inner: body,
@@ -140,6 +144,17 @@ impl AccessLine {
             outcome,
             "request"
         );
+    }
+}
+
+/// The access line of a request whose response does not exist yet.
+struct Unanswered(Option<AccessLine>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.write(false);
+        }
     }
 }
 

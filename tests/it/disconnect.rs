@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::gateway::{UP_KEY, UP_KEY_ENV};
 use crate::support::upstream::chunk;
 use crate::support::{chat_body, DropSignal, Play, TestGateway, Upstream, PATIENCE};
 
@@ -113,4 +114,50 @@ async fn client_closing_a_slow_non_streaming_request_closes_the_upstream_request
         dropped.fired_within(NOTICE).await,
         "the upstream request survived the client by {NOTICE:?}"
     );
+}
+
+/// A client that leaves while the gateway still waits for the answer
+/// (before any response exists) still gets its access line and metric:
+/// status 499, outcome client_closed.
+#[tokio::test]
+async fn a_request_left_before_its_response_is_logged_and_counted() {
+    const ADMIN: &str = "admin-secret-for-tests-0499";
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        axum::Json(serde_json::json!({})).into_response()
+    })
+    .await;
+    let config = crate::support::GatewayConfig::openai(&upstream.base_url).model("id", "up/left");
+    let gw = TestGateway::start_with_env(
+        &config.toml(),
+        &[(UP_KEY_ENV, UP_KEY), ("MUME_ADMIN_KEY", ADMIN)],
+    )
+    .await;
+    let sent = crate::support::client()
+        .post(gw.url("/api/v1/chat/completions"))
+        .timeout(Duration::from_millis(300))
+        .json(&chat_body("up/left", false))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client gave up");
+    let counted = r#"mume_requests_total{model="up/left",provider="up",status="499"} 1"#;
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = crate::support::keyed(ADMIN)
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(counted) {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no 499 counted for the request the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
