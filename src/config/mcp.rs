@@ -96,6 +96,11 @@ pub(super) fn validate(raw: &RawMcp, check: &mut Checker<'_>) -> McpConfig {
                     "use a header name such as \"Authorization\"",
                 );
             }
+            check.variable_name(
+                &at(&format!("headers.{name}")),
+                env,
+                "headers = { Authorization = \"DOCS_MCP_AUTHORIZATION\" }",
+            );
             headers.push((name.clone(), env.clone()));
         }
         if s.keys.is_empty() {

@@ -314,6 +314,20 @@ impl Checker<'_> {
         }
     }
 
+    /// A key that names the environment variable holding a secret. The
+    /// value is never repeated in the message: what does not look like a
+    /// variable's name is most likely the secret itself. `example` shows
+    /// the key written right.
+    fn variable_name(&mut self, key: &str, name: &str, example: &str) {
+        if !is_variable_name(name) {
+            self.report(
+                key,
+                "must be the NAME of an environment variable (upper-case letters, digits and '_', not starting with a digit, at most 64 characters), not a secret; the value is not shown",
+                format!("write e.g. {example} and export the secret in that variable"),
+            );
+        }
+    }
+
     fn bounded(&mut self, key: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
         match value {
             None => default,
@@ -360,6 +374,19 @@ impl Checker<'_> {
             0
         })
     }
+}
+
+/// Whether `name` is a conventional environment variable name, as
+/// `^[A-Z_][A-Z0-9_]{0,63}$`. Provider keys (`gsk_…`, hex, mixed-case
+/// tokens) are not, so a key pasted where its variable's name belongs is
+/// refused before it can be repeated in a log or an error message.
+fn is_variable_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && !bytes[0].is_ascii_digit()
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn validate(raw: RawConfig, source_name: &str, problems: &mut Vec<ConfigProblem>) -> Config {
@@ -458,6 +485,13 @@ fn validate_web_search(raw: &RawWebSearch, check: &mut Checker<'_>) -> crate::se
             "web_search.url",
             "is not an http(s) URL",
             "write it like \"https://api.tavily.com\"",
+        );
+    }
+    if let Some(var) = &raw.api_key_env {
+        check.variable_name(
+            "web_search.api_key_env",
+            var,
+            "api_key_env = \"BRAVE_API_KEY\"",
         );
     }
     if backend != Kind::Searxng && raw.api_key_env.is_none() {
@@ -772,14 +806,7 @@ fn validate_provider(
         }
     };
     if let Some(var) = &raw.api_key_env {
-        let valid = !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid {
-            check.report(
-                at("api_key_env"),
-                "must be the NAME of an environment variable, not a key",
-                "write e.g. api_key_env = \"OPENAI_API_KEY\" and export the key in that variable",
-            );
-        }
+        check.variable_name(&at("api_key_env"), var, "api_key_env = \"OPENAI_API_KEY\"");
     }
     let mut headers = Vec::new();
     for (header, value) in &raw.headers {
@@ -1196,6 +1223,63 @@ mod tests {
             "{:?}",
             err.problems
         );
+    }
+
+    /// A config whose three secret-naming keys (a provider's
+    /// `api_key_env`, `web_search.api_key_env`, a registered MCP server's
+    /// header) all hold `value`.
+    fn naming(value: &str) -> String {
+        format!(
+            "[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"https://api.groq.com/openai/v1\"\napi_key_env = {value:?}\n\n\
+             [web_search]\nbackend = \"brave\"\napi_key_env = {value:?}\n\n\
+             [[mcp.servers]]\nlabel = \"docs\"\nurl = \"https://mcp.example.com/mcp\"\nheaders = {{ Authorization = {value:?} }}\nkeys = [\"*\"]\n"
+        )
+    }
+
+    #[test]
+    fn keys_naming_a_variable_refuse_anything_else_without_repeating_it() {
+        let secrets = [
+            "gsk_AbCdEfGh0123456789IjKlMnOp0123456789QrStUvWx01234567", // Groq
+            "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY",                         // Mistral
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0", // Together
+            "sk-live-123",
+            "openai_api_key",
+            "9LIVES",
+            "",
+        ];
+        let long = "A".repeat(65);
+        for value in secrets.iter().copied().chain([long.as_str()]) {
+            let err = parse(&naming(value), "t.toml").unwrap_err();
+            let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "providers[0].api_key_env",
+                    "web_search.api_key_env",
+                    "mcp.servers[0].headers.Authorization"
+                ],
+                "{value:?}"
+            );
+            assert!(
+                err.problems[0]
+                    .problem
+                    .contains("NAME of an environment variable"),
+                "{:?}",
+                err.problems
+            );
+            if !value.is_empty() {
+                assert!(
+                    !err.to_string().contains(value),
+                    "the value is never repeated: {err}"
+                );
+            }
+        }
+        let longest = "A".repeat(64);
+        for name in ["GROQ_API_KEY", "_X", "K9", longest.as_str()] {
+            let config = parse(&naming(name), "t.toml").expect(name);
+            assert_eq!(config.providers[0].api_key_env.as_deref(), Some(name));
+            assert_eq!(config.mcp.servers[0].headers[0].1, name);
+        }
     }
 
     #[test]

@@ -106,6 +106,35 @@ fn check_config_accepts_the_embedded_default() {
     assert!(stdout.contains("OK"), "{stdout}");
 }
 
+/// A key pasted where the NAME of its variable belongs is a problem that
+/// `check-config` reports by its config key, never repeating the key.
+#[test]
+fn check_config_refuses_a_key_given_as_its_variable_name_without_showing_it() {
+    let groq = "gsk_AbCdEfGh0123456789IjKlMnOp0123456789QrStUvWx01234567";
+    let file = TempFile::new(
+        "key-as-name.toml",
+        &format!("[[providers]]\nname = \"groq\"\nkind = \"openai\"\nbase_url = \"https://api.groq.com/openai/v1\"\napi_key_env = \"{groq}\"\n"),
+    );
+    let output = gateway_command()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("providers[0].api_key_env")
+            && stderr.contains("NAME of an environment variable"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains(groq) && !stderr.contains(groq),
+        "the key is never shown:\n{stdout}{stderr}"
+    );
+}
+
 /// MUME_LISTEN matters only to `serve`: a bad value does not stop the
 /// other commands, and `serve` names it.
 #[test]
