@@ -88,7 +88,9 @@ multi_main() {
     local db="mume_bench_$(date +%s)"
     psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $db" >&2
     psql "$PG_ADMIN_URL" -qc "ALTER DATABASE $db SET synchronous_commit = $PG_SYNCHRONOUS_COMMIT" >&2
-    local pg_url="${PG_ADMIN_URL%/*}/$db"
+    # Plain, as in the runs this one is compared with: the gateway would
+    # otherwise take TLS from a server that offers it (sslmode=prefer).
+    local pg_url="${PG_ADMIN_URL%/*}/$db?sslmode=disable"
     local prefix="mume:bench:$(date +%s):"
 
     multi_config "$WORK/single.toml" "$single_port" "path = \"$WORK/single.db\"" ""

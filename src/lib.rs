@@ -42,3 +42,13 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+
+/// Makes ring the process's default rustls crypto provider. Both ring and
+/// aws-lc-rs are compiled in (ours is ring; rmcp's reqwest brings
+/// aws-lc-rs), so rustls cannot choose one by itself, and a library that
+/// builds its TLS config from the default (redis for `rediss://`, sqlx for
+/// `sslmode=verify-ca`) would panic at its first connection. Called before
+/// anything connects; later calls do nothing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -72,6 +72,7 @@ impl AppState {
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Self, Vec<ProviderWarning>), BuildError> {
+        crate::install_tls_provider();
         crate::metrics::install();
         let (providers, warnings) = Registry::build(config, env)?;
         let store = open_store(&config.store, env).await?;

@@ -527,6 +527,12 @@ fn validate_rate_limit(raw: &RawRateLimit, check: &mut Checker<'_>) -> RateLimit
                 "is not a Redis URL",
                 "write it as redis://HOST:6379, or remove it to keep limits in-process",
             );
+        } else if u.contains('#') {
+            check.report(
+                "rate_limit.url",
+                "has a #fragment (such as #insecure, which would skip the certificate check); none is supported",
+                "remove it: a rediss:// server's certificate is checked against the public roots",
+            );
         }
     }
     RateLimitConfig {
@@ -1280,6 +1286,26 @@ mod tests {
             assert_eq!(config.providers[0].api_key_env.as_deref(), Some(name));
             assert_eq!(config.mcp.servers[0].headers[0].1, name);
         }
+    }
+
+    #[test]
+    fn a_rediss_url_may_not_skip_the_certificate_check() {
+        let config = parse("[rate_limit]\nurl = \"rediss://cache:6380\"\n", "t.toml").unwrap();
+        assert_eq!(
+            config.rate_limit.url.as_deref(),
+            Some("rediss://cache:6380")
+        );
+        let err = parse(
+            "[rate_limit]\nurl = \"rediss://cache:6380/#insecure\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.problems[0].key, "rate_limit.url");
+        assert!(
+            err.problems[0].problem.contains("#insecure"),
+            "{:?}",
+            err.problems
+        );
     }
 
     #[test]

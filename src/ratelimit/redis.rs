@@ -151,6 +151,7 @@ impl RedisLimiter {
     /// Connects to `url`. An unreachable Redis is not an error: the limiter
     /// starts in fallback and switches to Redis once it answers.
     pub async fn start(url: &str, prefix: &str, instances: u32) -> Result<Arc<Self>, String> {
+        crate::install_tls_provider();
         let client =
             redis::Client::open(url).map_err(|e| format!("rate_limit.url is not usable: {e}"))?;
         let limiter = Arc::new(Self {
@@ -452,5 +453,26 @@ impl RateLimiter for RedisLimiter {
         } else {
             LimiterHealth::Redis
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `rediss://` URL (a managed Redis) is usable: the client takes it,
+    /// and the first connection builds its TLS config (which needs a
+    /// default crypto provider, or rustls panics) before it finds nothing
+    /// listening, so the limiter starts in fallback.
+    #[tokio::test]
+    async fn a_rediss_url_starts_the_limiter_over_tls() {
+        redis::Client::open("rediss://127.0.0.1:1").expect("TLS is built in");
+        let limiter = RedisLimiter::start("rediss://127.0.0.1:1", "t:", 2)
+            .await
+            .expect("a rediss:// URL is usable");
+        assert!(matches!(
+            limiter.health(),
+            LimiterHealth::Fallback { instances: 2 }
+        ));
     }
 }

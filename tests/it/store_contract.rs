@@ -533,3 +533,45 @@ async fn the_environment_selects_postgres_and_redis() {
         .unwrap();
     assert_eq!(found, 1, "the key lives in Postgres");
 }
+
+/// A Postgres URL that asks for TLS connects over TLS (the test server
+/// has `ssl = on`, Debian's default, with its self-signed certificate):
+/// `sslmode=require` encrypts without checking the certificate, and
+/// `verify-ca` checks it against the public roots and refuses it.
+#[tokio::test]
+async fn a_postgres_url_asking_for_tls_is_served_over_tls() {
+    let db = PgDatabase::create().await;
+    let open = |sslmode: &str| {
+        let options = StoreOptions {
+            url: Some(format!("{}?sslmode={sslmode}", db.url)),
+            path: "unused.db".into(),
+            busy_timeout: std::time::Duration::from_secs(2),
+        };
+        async move { Store::open(&options).await }
+    };
+    let store = open("require")
+        .await
+        .expect("sslmode=require connects (the test server must have ssl = on)");
+    let name = db.url.rsplit('/').next().unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
+        &crate::support::postgres::postgres_admin_url(),
+    )
+    .await
+    .unwrap();
+    let (sessions, encrypted): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.datname = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(sessions > 0, "the store holds a connection");
+    assert_eq!(encrypted, sessions, "every connection of the store is TLS");
+    store.close().await;
+    let err = open("verify-ca")
+        .await
+        .err()
+        .expect("a self-signed certificate does not verify");
+    assert!(err.to_string().contains("certificate"), "{err}");
+}
