@@ -273,6 +273,15 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
     }
 }
 
+/// The longest any duration may be: 10 years (humantime's, 365.25 days
+/// each). Longer ones overflow the millisecond clock arithmetic of holds
+/// and retention, and `Instant` deadlines.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
+
+/// The longest `store.busy_timeout`: SQLite takes it in milliseconds as an
+/// `i32` (about 24 days), and a writer should never wait anywhere near that.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
+
 struct Checker<'a> {
     problems: &'a mut Vec<ConfigProblem>,
 }
@@ -292,8 +301,28 @@ impl Checker<'_> {
     }
 
     fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+        self.duration_within(key, value, default, MAX_DURATION)
+    }
+
+    /// A duration longer than zero and at most `max`.
+    fn duration_within(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
         let Some(text) = value else { return default };
         match humantime::parse_duration(text) {
+            Ok(d) if d > max => {
+                let max = humantime::format_duration(max);
+                self.report(
+                    key,
+                    format!("{text:?} is longer than the most allowed, {max}"),
+                    format!("use a value of at most \"{max}\""),
+                );
+                default
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.report(
@@ -614,10 +643,11 @@ fn validate_store(
     let store = StoreConfig {
         url,
         path: path.into(),
-        busy_timeout: check.duration(
+        busy_timeout: check.duration_within(
             "store.busy_timeout",
             raw.busy_timeout.as_deref(),
             Duration::from_secs(2),
+            MAX_BUSY_TIMEOUT,
         ),
         hold_ttl: check.duration(
             "store.hold_ttl",
@@ -663,7 +693,10 @@ pub fn longest_request(server: &ServerConfig, providers: &[ProviderConfig]) -> D
         .map(|p| p.timeouts.total)
         .max()
         .unwrap_or_default();
-    (server.max_stream_duration + first_byte).max(total)
+    server
+        .max_stream_duration
+        .saturating_add(first_byte)
+        .max(total)
 }
 
 fn validate_keys(raw: &RawKeys, check: &mut Checker<'_>) -> KeysConfig {
@@ -1305,6 +1338,40 @@ mod tests {
             err.problems[0].problem.contains("#insecure"),
             "{:?}",
             err.problems
+        );
+    }
+
+    #[test]
+    fn durations_have_a_ceiling() {
+        let store = |key: &str, value: &str| format!("[store]\n{key} = {value:?}\n");
+        for (key, value, most) in [
+            ("busy_timeout", "25d", "\"1h\""),
+            ("busy_timeout", "61m", "\"1h\""),
+            ("hold_ttl", "300000years", "\"10years\""),
+            ("responses_retention", "11y", "\"10years\""),
+        ] {
+            let err = parse(&store(key, value), "t.toml").unwrap_err();
+            assert_eq!(err.problems[0].key, format!("store.{key}"), "{value}");
+            assert!(err.problems[0].fix.contains(most), "{:?}", err.problems);
+        }
+        let err = parse("[server]\nmax_stream_duration = \"400y\"\n", "t.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "server.max_stream_duration");
+        let err = parse("[mcp]\ntimeout = \"4000d\"\n", "t.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "mcp.timeout");
+        let config = parse(&store("busy_timeout", "1h"), "t.toml").unwrap();
+        assert_eq!(config.store.busy_timeout, Duration::from_secs(3600));
+        let config = parse(&store("responses_retention", "10y"), "t.toml").unwrap();
+        let ten_years = Duration::from_secs(10 * 31_557_600);
+        assert_eq!(config.store.responses_retention, ten_years);
+    }
+
+    #[test]
+    fn the_longest_request_saturates() {
+        let mut config = parse(EMBEDDED_DEFAULT, "default").unwrap();
+        config.server.max_stream_duration = Duration::MAX;
+        assert_eq!(
+            longest_request(&config.server, &config.providers),
+            Duration::MAX
         );
     }
 
