@@ -1001,6 +1001,13 @@ fn validate_model(
         );
         return None;
     };
+    if id.ends_with(":online") {
+        check.report(
+            at("id"),
+            format!("{id:?} ends in \":online\", the suffix with which a request asks for web search"),
+            "remove the suffix: a request for \"MODEL:online\" is served by MODEL with web search, so this id could never be called",
+        );
+    }
     let endpoints = match &raw.endpoints {
         None => vec![RawEndpoint {
             provider: Some(raw.provider.clone().unwrap_or_else(|| prefix.to_string())),
@@ -1373,6 +1380,21 @@ mod tests {
             longest_request(&config.server, &config.providers),
             Duration::MAX
         );
+    }
+
+    #[test]
+    fn a_model_id_may_not_end_in_the_web_search_suffix() {
+        let text = "[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"https://x.test/v1\"\n\n[[models]]\nid = \"up/m:online\"\n";
+        let err = parse(text, "t.toml").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+        assert_eq!(err.problems[0].key, "models[0].id");
+        assert!(
+            err.problems[0].problem.contains("web search"),
+            "{:?}",
+            err.problems
+        );
+        let text = text.replace("up/m:online", "up/m:free");
+        assert_eq!(parse(&text, "t.toml").unwrap().models[0].id, "up/m:free");
     }
 
     #[test]
