@@ -203,7 +203,11 @@ impl Billing {
 
     async fn abandon_idempotency(&self, spec: &ChargeSpec) {
         if let Some(idem) = &spec.idempotency_key {
-            if let Err(e) = self.store.idempotency.abandon(&spec.key.id, idem).await {
+            let abandoned = self
+                .store
+                .idempotency
+                .abandon(&spec.key.id, idem, &spec.request_id);
+            if let Err(e) = abandoned.await {
                 tracing::warn!(error = %e, "could not release an idempotency key");
             }
         }
@@ -509,7 +513,9 @@ impl Settlement {
                     .complete(&self.key.id, idem, response.as_deref())
                     .await
             } else {
-                store.abandon(&self.key.id, idem).await
+                store
+                    .abandon(&self.key.id, idem, &self.record.request_id)
+                    .await
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "could not record an idempotency outcome");

@@ -37,7 +37,7 @@ use crate::billing::{estimate_prompt_tokens, Billing, Charge, ChargeSpec, Pricin
 use crate::config::{usd_string, ModelConfig, RetryPolicy};
 use crate::providers::{Api, ChatCall, ChatReply, EventStream, ProviderError, Registry};
 use crate::ratelimit::{LimitKind, RateLimiter, Refusal};
-use crate::store::{Claim, IdempotencyClaim, KeyRecord, Store};
+use crate::store::{Claim, IdempotencyClaim, IdempotencyStore, KeyRecord, Store};
 use catalog::Catalog;
 use error::{ErrorKind, GatewayError};
 use json::RawObject;
@@ -317,11 +317,28 @@ impl Gateway {
             }
             Some(m) => Some(self.mcp.resolve(m, key).await?),
         };
+        // If the request goes away from here until its charge exists (the
+        // claim's statement, the hold's wait), its claim of the key goes
+        // with it: the charge settles the key's outcome from then on.
+        let mut unsettled = Unsettled(idempotency.map(|(idem, _)| Claimed {
+            store: self.store.idempotency.clone(),
+            key_id: key.id.clone(),
+            idem: idem.to_string(),
+            request_id: ctx.request_id.to_string(),
+        }));
         let idempotency_key = match idempotency {
             None => None,
-            Some((idem, body_hash)) => match self.claim(key, idem, body_hash, ctx).await? {
-                Some(replay) => return Ok(replay),
-                None => Some(idem.to_string()),
+            Some((idem, body_hash)) => match self.claim(key, idem, body_hash, ctx).await {
+                Ok(None) => Some(idem.to_string()),
+                // Not this request's claim: nothing of it to give up.
+                Ok(Some(replay)) => {
+                    unsettled.0 = None;
+                    return Ok(replay);
+                }
+                Err(e) => {
+                    unsettled.0 = None;
+                    return Err(e);
+                }
             },
         };
         // The hold covers the dearest model that may answer.
@@ -380,7 +397,11 @@ impl Gateway {
             idempotency_key,
             extra_hold,
         };
-        let mut charge = self.billing.open(spec, permit).await?;
+        let opened = self.billing.open(spec, permit).await;
+        // The charge settles the key now, or `open` gave it up when it
+        // refused the hold.
+        unsettled.0 = None;
+        let mut charge = opened?;
         self.router.on_request();
         // Web search and MCP rounds are boxed: their state machines are
         // several times the size of a plain request's (10 KiB for MCP),
@@ -1116,6 +1137,32 @@ impl Gateway {
                 relay::relay(relay, held, events, limits, ctx, charge)
             }
         })))
+    }
+}
+
+/// The claim of an `Idempotency-Key` by a request that has no charge yet:
+/// given up if dropped while still here (the request went away), and only
+/// this request's own claim.
+struct Unsettled(Option<Claimed>);
+
+struct Claimed {
+    store: Arc<dyn IdempotencyStore>,
+    key_id: String,
+    idem: String,
+    request_id: String,
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        let Some(c) = self.0.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = c.store.abandon(&c.key_id, &c.idem, &c.request_id).await {
+                tracing::warn!(error = %e, "could not release an idempotency key");
+            }
+        });
     }
 }
 

@@ -330,8 +330,10 @@ pub trait IdempotencyStore: Send + Sync {
         idem_key: &str,
         response: Option<&[u8]>,
     ) -> StoreResult<()>;
-    /// The request failed without being billed: the key may be used again.
-    async fn abandon(&self, key_id: &str, idem_key: &str) -> StoreResult<()>;
+    /// The request `request_id` failed without being billed (or went away
+    /// before it could be): its claim goes, and the key may be used again.
+    /// Another request's claim of the key is left alone.
+    async fn abandon(&self, key_id: &str, idem_key: &str, request_id: &str) -> StoreResult<()>;
 }
 
 /// A Responses API object kept for `GET /responses/{id}` and

@@ -519,13 +519,16 @@ impl IdempotencyStore for PgStore {
         Ok(())
     }
 
-    async fn abandon(&self, key_id: &str, idem_key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM idempotency WHERE key_id = $1 AND idem_key = $2")
-            .bind(key_id)
-            .bind(idem_key)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+    async fn abandon(&self, key_id: &str, idem_key: &str, request_id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "DELETE FROM idempotency WHERE key_id = $1 AND idem_key = $2 AND request_id = $3",
+        )
+        .bind(key_id)
+        .bind(idem_key)
+        .bind(request_id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
         Ok(())
     }
 }

@@ -599,10 +599,11 @@ impl IdempotencyStore for SqliteStore {
         Ok(())
     }
 
-    async fn abandon(&self, key_id: &str, idem_key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ?")
+    async fn abandon(&self, key_id: &str, idem_key: &str, request_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND request_id = ?")
             .bind(key_id)
             .bind(idem_key)
+            .bind(request_id)
             .execute(&self.writer)
             .await
             .map_err(unavailable)?;

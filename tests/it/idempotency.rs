@@ -8,6 +8,7 @@ use futures::future::join_all;
 use mume_gateway::accounts::KeySpec;
 use serde_json::{json, Value};
 
+use crate::support::postgres::PgDatabase;
 use crate::support::upstream::{chunk, finish_chunk, sse_response};
 use crate::support::{chat_body, content_of, error_reply, keyed, Play, Sse, TestGateway, Upstream};
 
@@ -150,4 +151,60 @@ async fn a_stream_left_before_its_first_content_frees_its_idempotency_key() {
     let frames = Sse::new(retry).rest().await;
     assert_eq!(content_of(&frames), "again");
     assert_eq!(upstream.seen().len(), 2);
+}
+
+/// A client that leaves while its hold waits (here, for the key's balance
+/// row, which another transaction has locked) gives up its claim of the
+/// Idempotency-Key: a retry runs, rather than being told for 24 h that the
+/// key is still in flight.
+#[tokio::test]
+async fn a_request_left_while_its_hold_waits_frees_its_idempotency_key() {
+    let db = PgDatabase::create().await;
+    let upstream = Upstream::json(200, completion()).await;
+    let config = crate::support::GatewayConfig::openai(&upstream.base_url)
+        .model("prompt_price", "1000")
+        .model("completion_price", "1000")
+        .model("max_output_tokens", 100)
+        .store("url", db.url.as_str());
+    let gw = TestGateway::with(&config).await;
+    let (id, key) = gw
+        .key(KeySpec {
+            name: "waiting".into(),
+            credits: Some(1_000_000_000),
+            ..Default::default()
+        })
+        .await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut locked = pool.begin().await.unwrap();
+    sqlx::query("SELECT balance FROM api_keys WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .fetch_one(&mut *locked)
+        .await
+        .unwrap();
+    let send = |timeout: Duration| {
+        keyed(&key)
+            .post(gw.url("/api/v1/chat/completions"))
+            .header("Idempotency-Key", "left-waiting")
+            .timeout(timeout)
+            .json(&chat_body("up/m", false))
+            .send()
+    };
+    assert!(send(Duration::from_millis(500)).await.is_err(), "gave up");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    locked.rollback().await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let reply = send(Duration::from_secs(10)).await.unwrap();
+        match reply.status().as_u16() {
+            200 => break,
+            409 => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "the key is still claimed by the request that left"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
 }

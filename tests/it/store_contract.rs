@@ -401,7 +401,14 @@ async fn idempotency_claims_follow_their_lifecycle() {
             i.claim(&claim(2, "r4", 20_000)).await.unwrap(),
             Claim::Claimed
         );
-        i.abandon("k", "idem-1").await.unwrap();
+        // Only the request that holds the claim can give it up: a late
+        // abandon by an earlier request leaves it alone.
+        i.abandon("k", "idem-1", "r1").await.unwrap();
+        assert!(matches!(
+            i.claim(&claim(2, "r6", 20_001)).await.unwrap(),
+            Claim::InFlight { .. }
+        ));
+        i.abandon("k", "idem-1", "r4").await.unwrap();
         assert_eq!(
             i.claim(&claim(3, "r5", 20_001)).await.unwrap(),
             Claim::Claimed
