@@ -181,12 +181,7 @@ mod tests {
     #[test]
     fn a_refusal_goes_out_as_a_responses_refusal_part() {
         let request = json!({"model": "p/m", "input": "hi"});
-        let meta = ResponseMeta {
-            id: "resp_1",
-            created_at: 5,
-            model: "p/m",
-            request: request.as_object().unwrap(),
-        };
+        let meta = ResponseMeta::for_test("resp_1", request.as_object().unwrap());
         let mut stream = ResponseStream::new(&meta);
         stream.start();
         let usage = json!({"prompt_tokens": 3, "completion_tokens": 8});

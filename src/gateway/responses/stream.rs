@@ -164,40 +164,13 @@ impl ResponseStream {
             return out;
         };
         let delta = &choice["delta"];
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            if !matches!(self.open, Some(Open::Text(_))) {
-                out.extend(self.close());
-                out.extend(self.open_message(false));
-            }
-            if let Some(Open::Text(item)) = &mut self.open {
-                item.text.push_str(text);
-                let (id, index) = (item.id.clone(), item.output_index);
-                out.push(self.event(
-                    "response.output_text.delta",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
-                ));
-            }
-        }
-        if let Some(piece) = delta
-            .get("refusal")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            if !matches!(self.open, Some(Open::Refusal(_))) {
-                out.extend(self.close());
-                out.extend(self.open_message(true));
-            }
-            if let Some(Open::Refusal(item)) = &mut self.open {
-                item.refusal.push_str(piece);
-                let (id, index) = (item.id.clone(), item.output_index);
-                out.push(self.event(
-                    "response.refusal.delta",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": piece}),
-                ));
+        for (field, refusal) in [("content", false), ("refusal", true)] {
+            if let Some(piece) = delta
+                .get(field)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                out.extend(self.message_piece(piece, refusal));
             }
         }
         for call in delta
@@ -232,6 +205,42 @@ impl ResponseStream {
     }
 
     /// A message item with one empty part: `output_text`, or `refusal`.
+    /// A piece of the answer's text (or of its refusal): added to the
+    /// message open for it, which is opened first (and whatever else is
+    /// open closed) if need be.
+    fn message_piece(&mut self, piece: &str, refusal: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        let open = matches!(
+            (&self.open, refusal),
+            (Some(Open::Text(_)), false) | (Some(Open::Refusal(_)), true)
+        );
+        if !open {
+            out.extend(self.close());
+            out.extend(self.open_message(refusal));
+        }
+        let (kind, item_id, output_index) = match &mut self.open {
+            Some(Open::Text(item)) => {
+                item.text.push_str(piece);
+                (
+                    "response.output_text.delta",
+                    item.id.clone(),
+                    item.output_index,
+                )
+            }
+            Some(Open::Refusal(item)) => {
+                item.refusal.push_str(piece);
+                ("response.refusal.delta", item.id.clone(), item.output_index)
+            }
+            _ => return out,
+        };
+        let mut data = json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "delta": piece});
+        if !refusal {
+            data["logprobs"] = json!([]);
+        }
+        out.push(self.event(kind, data));
+        out
+    }
+
     fn open_message(&mut self, refusal: bool) -> Vec<Event> {
         let output_index = self.output.len();
         let id = format!("msg_{}_{output_index}", self.id.trim_start_matches("resp_"));
@@ -571,12 +580,7 @@ mod tests {
     #[test]
     fn text_then_two_tool_calls_come_out_in_sdk_order() {
         let request = json!({"model": "p/m", "input": "hi"});
-        let meta = ResponseMeta {
-            id: "resp_1",
-            created_at: 5,
-            model: "p/m",
-            request: request.as_object().unwrap(),
-        };
+        let meta = ResponseMeta::for_test("resp_1", request.as_object().unwrap());
         let mut s = ResponseStream::new(&meta);
         let mut events = s.start();
         for c in [
@@ -656,12 +660,7 @@ mod tests {
     #[test]
     fn a_refusal_is_a_message_with_a_refusal_part() {
         let request = json!({"model": "p/m", "input": "hi"});
-        let meta = ResponseMeta {
-            id: "resp_4",
-            created_at: 5,
-            model: "p/m",
-            request: request.as_object().unwrap(),
-        };
+        let meta = ResponseMeta::for_test("resp_4", request.as_object().unwrap());
         let mut s = ResponseStream::new(&meta);
         let mut events = s.start();
         for c in [
@@ -713,12 +712,7 @@ mod tests {
     #[test]
     fn a_failure_is_an_error_event_then_response_failed() {
         let request = json!({"model": "p/m", "input": "hi"});
-        let meta = ResponseMeta {
-            id: "resp_2",
-            created_at: 5,
-            model: "p/m",
-            request: request.as_object().unwrap(),
-        };
+        let meta = ResponseMeta::for_test("resp_2", request.as_object().unwrap());
         let mut s = ResponseStream::new(&meta);
         let mut events = s.start();
         events.extend(s.on_chunk(&chunk(json!({"content": "par"}), None)));
@@ -743,12 +737,7 @@ mod tests {
     #[test]
     fn a_cut_answer_is_incomplete() {
         let request = json!({"model": "p/m", "input": "hi", "max_output_tokens": 3});
-        let meta = ResponseMeta {
-            id: "resp_3",
-            created_at: 5,
-            model: "p/m",
-            request: request.as_object().unwrap(),
-        };
+        let meta = ResponseMeta::for_test("resp_3", request.as_object().unwrap());
         let mut s = ResponseStream::new(&meta);
         s.start();
         s.on_chunk(&chunk(json!({"content": "abc"}), Some("length")));

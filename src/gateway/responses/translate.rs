@@ -383,6 +383,19 @@ pub struct ResponseMeta<'a> {
     pub request: &'a Map<String, Value>,
 }
 
+#[cfg(test)]
+impl<'a> ResponseMeta<'a> {
+    /// The metadata of Response `id` for tests: model `p/m`, created at 5.
+    pub fn for_test(id: &'a str, request: &'a Map<String, Value>) -> Self {
+        Self {
+            id,
+            created_at: 5,
+            model: "p/m",
+            request,
+        }
+    }
+}
+
 /// Responses `usage` from Chat Completions `usage`.
 pub fn usage(u: &Value) -> Value {
     let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);

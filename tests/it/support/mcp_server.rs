@@ -169,12 +169,7 @@ impl ServerHandler for Paged {
         request: Option<rmcp::model::PaginatedRequestParams>,
         _: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
-        let schema = Arc::new(
-            serde_json::json!({"type": "object"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
+        let schema = object_schema();
         let second = request.and_then(|r| r.cursor).as_deref() == Some("page-2");
         let name = if second { "two" } else { "one" };
         let mut page = rmcp::model::ListToolsResult::with_all_items(vec![rmcp::model::Tool::new(
@@ -189,10 +184,17 @@ impl ServerHandler for Paged {
     }
 }
 
-/// Serves `Paged` on 127.0.0.1; its URL.
-pub async fn paged() -> String {
+/// The input schema of the test tools that take none.
+fn object_schema() -> Arc<serde_json::Map<String, serde_json::Value>> {
+    let mut schema = serde_json::Map::new();
+    schema.insert("type".into(), "object".into());
+    Arc::new(schema)
+}
+
+/// Serves the handler `make` builds on 127.0.0.1 at `/mcp`; its URL.
+async fn serve<H: ServerHandler>(make: impl Fn() -> H + Send + Sync + 'static) -> String {
     let service = StreamableHttpService::new(
-        || Ok(Paged),
+        move || Ok(make()),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default(),
     );
@@ -203,6 +205,11 @@ pub async fn paged() -> String {
         let _ = axum::serve(listener, app).await;
     });
     format!("http://{addr}/mcp")
+}
+
+/// Serves `Paged` on 127.0.0.1; its URL.
+pub async fn paged() -> String {
+    serve(|| Paged).await
 }
 
 /// A server whose `tools/list` answers `count` tools (`t0`, `t1`, …), each
@@ -224,12 +231,7 @@ impl ServerHandler for Wide {
         _: Option<rmcp::model::PaginatedRequestParams>,
         _: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
-        let schema = Arc::new(
-            serde_json::json!({"type": "object"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
+        let schema = object_schema();
         let tools = (0..self.count)
             .map(|i| {
                 rmcp::model::Tool::new(format!("t{i}"), "d".repeat(self.chars), schema.clone())
@@ -241,16 +243,5 @@ impl ServerHandler for Wide {
 
 /// Serves `Wide` on 127.0.0.1; its URL.
 pub async fn wide(count: usize, chars: usize) -> String {
-    let service = StreamableHttpService::new(
-        move || Ok(Wide { count, chars }),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    let app = axum::Router::new().nest_service("/mcp", service);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}/mcp")
+    serve(move || Wide { count, chars }).await
 }
